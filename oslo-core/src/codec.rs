@@ -1,0 +1,382 @@
+//! The oslo wire codec shared by every driver: envelope 2.0, RPC requests with flattened
+//! `_context_*` keys, replies with `result` / `failure` / `ending`.
+//!
+//! Output is byte-identical to oslo.messaging 18.3.1 for the same input and ids (Python
+//! `json.dumps` style, see [`crate::pyjson`]); input may be any valid JSON.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::pyjson;
+use crate::remote::RemoteError;
+
+/// A JSON object: oslo's `dict`.
+pub type JsonMap = Map<String, Value>;
+
+/// The envelope version this codec writes and accepts (major 2, minor 0).
+pub const ENVELOPE_VERSION: &str = "2.0";
+/// Envelope key holding the version.
+pub const VERSION_KEY: &str = "oslo.version";
+/// Envelope key holding the inner message as a JSON string.
+pub const MESSAGE_KEY: &str = "oslo.message";
+/// Prefix of flattened context keys.
+pub const CONTEXT_PREFIX: &str = "_context_";
+
+/// A new message id / unique id: a uuid4 as 32 lowercase hex digits (Python `uuid4().hex`).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// An RPC request as the client builds it (oslo `_make_message`), before routing keys are added.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RpcMessage {
+    /// Endpoint method name.
+    pub method: String,
+    /// Keyword arguments.
+    pub args: JsonMap,
+    /// Namespace, sent only when set.
+    pub namespace: Option<String>,
+    /// Version, sent only when set.
+    pub version: Option<String>,
+}
+
+impl RpcMessage {
+    /// The message as oslo's dict: `method`, `args`, then `namespace` / `version` when set.
+    pub fn to_map(&self) -> JsonMap {
+        let mut map = JsonMap::new();
+        map.insert("method".into(), Value::String(self.method.clone()));
+        map.insert("args".into(), Value::Object(self.args.clone()));
+        if let Some(ns) = &self.namespace {
+            map.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        if let Some(v) = &self.version {
+            map.insert("version".into(), Value::String(v.clone()));
+        }
+        map
+    }
+}
+
+/// Routing fields a call adds to a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFields<'a> {
+    /// `_msg_id`: correlates the reply.
+    pub msg_id: &'a str,
+    /// `_reply_q`: where the server sends the reply.
+    pub reply_q: &'a str,
+    /// `_timeout`: the client's call-monitor timeout (not the call timeout).
+    pub call_monitor_timeout: Option<Duration>,
+}
+
+/// Seconds as oslo writes them: an integer when whole, else a float.
+pub fn seconds_value(duration: Duration) -> Value {
+    if duration.subsec_nanos() == 0 {
+        Value::from(duration.as_secs())
+    } else {
+        Value::from(duration.as_secs_f64())
+    }
+}
+
+/// Build the inner request dict in Python's key order:
+/// `method, args, [namespace], [version], [_msg_id, _reply_q, _timeout], _unique_id, _context_*`.
+pub fn encode_request(message: &JsonMap, context: &JsonMap, call: Option<&CallFields<'_>>, unique_id: &str) -> JsonMap {
+    let mut map = message.clone();
+    if let Some(call) = call {
+        map.insert("_msg_id".into(), Value::String(call.msg_id.to_string()));
+        map.insert("_reply_q".into(), Value::String(call.reply_q.to_string()));
+        map.insert("_timeout".into(), call.call_monitor_timeout.map_or(Value::Null, seconds_value));
+    }
+    map.insert("_unique_id".into(), Value::String(unique_id.to_string()));
+    flatten_context(&mut map, context);
+    map
+}
+
+/// Append `_context_<key>` entries (oslo `pack_context`).
+pub fn flatten_context(map: &mut JsonMap, context: &JsonMap) {
+    for (key, value) in context {
+        map.insert(format!("{CONTEXT_PREFIX}{key}"), value.clone());
+    }
+}
+
+/// Wrap an inner message in envelope 2.0 and encode it: `{"oslo.version": "2.0", "oslo.message": "<json>"}`.
+pub fn encode_envelope(inner: &JsonMap) -> Result<Vec<u8>> {
+    let inner_text = pyjson::to_string(inner)?;
+    let mut envelope = JsonMap::new();
+    envelope.insert(VERSION_KEY.into(), Value::String(ENVELOPE_VERSION.into()));
+    envelope.insert(MESSAGE_KEY.into(), Value::String(inner_text));
+    Ok(pyjson::to_vec(&envelope)?)
+}
+
+/// Encode a dict without envelope (oslo's v1 `messaging` notification driver).
+pub fn encode_plain(inner: &JsonMap) -> Result<Vec<u8>> {
+    Ok(pyjson::to_vec(inner)?)
+}
+
+/// Decode a body (oslo `deserialize_msg`): an enveloped message is unwrapped after checking
+/// its version; a dict without both envelope keys is returned as is (a "1.0" message).
+pub fn decode_body(body: &[u8]) -> Result<JsonMap> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Error::invalid_message(format!("body is not JSON: {e}")))?;
+    let Value::Object(mut outer) = value else {
+        return Err(Error::invalid_message("body is not a JSON object"));
+    };
+    if !(outer.contains_key(VERSION_KEY) && outer.contains_key(MESSAGE_KEY)) {
+        return Ok(outer);
+    }
+    let version = outer.get(VERSION_KEY).and_then(Value::as_str).unwrap_or_default();
+    if !crate::target::version_is_compatible(ENVELOPE_VERSION, version) {
+        return Err(Error::invalid_message(format!("unsupported envelope version {version:?}")));
+    }
+    let Some(Value::String(inner)) = outer.remove(MESSAGE_KEY) else {
+        return Err(Error::invalid_message("oslo.message is not a string"));
+    };
+    match serde_json::from_str(&inner) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::invalid_message("oslo.message is not a JSON object")),
+        Err(e) => Err(Error::invalid_message(format!("oslo.message is not JSON: {e}"))),
+    }
+}
+
+/// A request or notification as a server sees it, after oslo's `unpack_context`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IncomingRequest {
+    /// The message proper (`method`, `args`, `namespace`, `version`; or a notification's fields).
+    pub message: JsonMap,
+    /// The context, with the `_context_` prefix stripped.
+    pub context: JsonMap,
+    /// `_msg_id` (calls only).
+    pub msg_id: Option<String>,
+    /// `_reply_q` (calls only).
+    pub reply_q: Option<String>,
+    /// `_timeout`: the client's call-monitor timeout.
+    pub client_timeout: Option<Duration>,
+    /// `_unique_id`, for duplicate detection.
+    pub unique_id: Option<String>,
+}
+
+/// Split a decoded dict into message, context and routing fields.
+pub fn decode_request(map: JsonMap) -> IncomingRequest {
+    let mut request = IncomingRequest::default();
+    for (key, value) in map {
+        if let Some(ctx_key) = key.strip_prefix(CONTEXT_PREFIX) {
+            request.context.insert(ctx_key.to_string(), value);
+            continue;
+        }
+        match key.as_str() {
+            "_msg_id" => request.msg_id = value.as_str().map(str::to_string),
+            "_reply_q" => request.reply_q = value.as_str().map(str::to_string),
+            "_unique_id" => request.unique_id = value.as_str().map(str::to_string),
+            "_timeout" => {
+                request.client_timeout = value.as_f64().filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64);
+            }
+            _ => {
+                request.message.insert(key, value);
+            }
+        }
+    }
+    request
+}
+
+/// An RPC reply (or call-monitor heartbeat).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The endpoint's return value (null for failures and heartbeats).
+    pub result: Value,
+    /// The remote failure, if the endpoint failed.
+    pub failure: Option<RemoteError>,
+    /// `true` on the final reply; `false` on heartbeats.
+    pub ending: bool,
+    /// The request's `_msg_id`.
+    pub msg_id: String,
+    /// A fresh unique id.
+    pub unique_id: Option<String>,
+}
+
+impl Reply {
+    /// The final reply for a call's outcome.
+    pub fn final_reply(msg_id: impl Into<String>, outcome: std::result::Result<Value, RemoteError>) -> Self {
+        let (result, failure) = match outcome {
+            Ok(value) => (value, None),
+            Err(remote) => (Value::Null, Some(remote)),
+        };
+        Reply {
+            result,
+            failure,
+            ending: true,
+            msg_id: msg_id.into(),
+            unique_id: Some(new_id()),
+        }
+    }
+
+    /// A call-monitor heartbeat: `result: null, failure: null, ending: false`.
+    pub fn heartbeat(msg_id: impl Into<String>) -> Self {
+        Reply {
+            result: Value::Null,
+            failure: None,
+            ending: false,
+            msg_id: msg_id.into(),
+            unique_id: Some(new_id()),
+        }
+    }
+
+    /// Whether this is a heartbeat rather than an answer.
+    pub fn is_heartbeat(&self) -> bool {
+        !self.ending && self.result.is_null() && self.failure.is_none()
+    }
+
+    /// The inner dict in Python's key order: `result, failure, ending, _msg_id, _unique_id`.
+    pub fn to_map(&self) -> JsonMap {
+        let mut map = JsonMap::new();
+        map.insert("result".into(), self.result.clone());
+        map.insert("failure".into(), self.failure.as_ref().map_or(Value::Null, |f| Value::String(f.to_failure_json())));
+        map.insert("ending".into(), Value::Bool(self.ending));
+        map.insert("_msg_id".into(), Value::String(self.msg_id.clone()));
+        if let Some(unique_id) = &self.unique_id {
+            map.insert("_unique_id".into(), Value::String(unique_id.clone()));
+        }
+        map
+    }
+
+    /// Read a decoded reply dict; `_msg_id` is required, `ending` defaults to false.
+    pub fn from_map(mut map: JsonMap) -> Result<Self> {
+        let msg_id = match map.remove("_msg_id") {
+            Some(Value::String(id)) => id,
+            _ => return Err(Error::invalid_message("reply without _msg_id")),
+        };
+        let failure = match map.remove("failure") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(RemoteError::from_failure_json(&text)?),
+            // Tolerate a failure sent as an object rather than a JSON string.
+            Some(object @ Value::Object(_)) => {
+                Some(serde_json::from_value(object).map_err(|e| Error::invalid_message(format!("bad failure: {e}")))?)
+            }
+            Some(other) => return Err(Error::invalid_message(format!("bad failure field: {other}"))),
+        };
+        Ok(Reply {
+            result: map.remove("result").unwrap_or(Value::Null),
+            failure,
+            ending: map.remove("ending").and_then(|v| v.as_bool()).unwrap_or(false),
+            msg_id,
+            unique_id: map.remove("_unique_id").and_then(|v| v.as_str().map(str::to_string)),
+        })
+    }
+}
+
+/// Window of recently seen `_unique_id`s (oslo `_MsgIdCache`, 16 entries per listener):
+/// redelivered duplicates are detected and dropped.
+#[derive(Debug)]
+pub struct DuplicateFilter {
+    seen: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Default for DuplicateFilter {
+    fn default() -> Self {
+        Self::with_capacity(16)
+    }
+}
+
+impl DuplicateFilter {
+    /// A window remembering `capacity` ids.
+    pub fn with_capacity(capacity: usize) -> Self {
+        DuplicateFilter {
+            seen: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Record `unique_id`; returns `false` if it was already in the window (a duplicate).
+    pub fn check_and_add(&mut self, unique_id: &str) -> bool {
+        if self.seen.iter().any(|seen| seen == unique_id) {
+            return false;
+        }
+        if self.seen.len() == self.capacity {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(unique_id.to_string());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(value: Value) -> JsonMap {
+        match value {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn request_roundtrip_keeps_context_and_fields() {
+        let message = RpcMessage {
+            method: "echo".into(),
+            args: map(json!({"x": 1})),
+            namespace: Some("ns".into()),
+            version: Some("1.2".into()),
+        };
+        let ctx = map(json!({"user": "u1", "roles": ["admin"]}));
+        let call = CallFields {
+            msg_id: "m1",
+            reply_q: "reply_q1",
+            call_monitor_timeout: Some(Duration::from_secs(4)),
+        };
+        let inner = encode_request(&message.to_map(), &ctx, Some(&call), "u1d");
+        let keys: Vec<&str> = inner.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["method", "args", "namespace", "version", "_msg_id", "_reply_q", "_timeout", "_unique_id", "_context_user", "_context_roles"]
+        );
+        let body = encode_envelope(&inner).unwrap();
+        let decoded = decode_request(decode_body(&body).unwrap());
+        assert_eq!(decoded.message, message.to_map());
+        assert_eq!(decoded.context, ctx);
+        assert_eq!(decoded.msg_id.as_deref(), Some("m1"));
+        assert_eq!(decoded.reply_q.as_deref(), Some("reply_q1"));
+        assert_eq!(decoded.client_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(decoded.unique_id.as_deref(), Some("u1d"));
+    }
+
+    #[test]
+    fn body_errors_are_typed() {
+        for bad in [&b"not json"[..], b"[1,2]", b"{\"oslo.version\": \"3.0\", \"oslo.message\": \"{}\"}", b"{\"oslo.version\": \"2.0\", \"oslo.message\": {}}", b"{\"oslo.version\": \"2.0\", \"oslo.message\": \"[1]\"}", b"\xff\xfe"] {
+            assert!(matches!(decode_body(bad), Err(Error::InvalidMessage { .. })), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A plain dict is a v1 message and accepted.
+        assert_eq!(decode_body(br#"{"method": "m"}"#).unwrap(), map(json!({"method": "m"})));
+        // 2.x minor versions above 0 are rejected, like oslo's version_is_compatible("2.0", v).
+        assert!(decode_body(br#"{"oslo.version": "2.1", "oslo.message": "{}"}"#).is_err());
+    }
+
+    #[test]
+    fn reply_roundtrip_and_heartbeat() {
+        let reply = Reply::final_reply("m", Err(RemoteError::new("ValueError", "builtins", "boom")));
+        let back = Reply::from_map(decode_body(&encode_envelope(&reply.to_map()).unwrap()).unwrap()).unwrap();
+        assert_eq!(back, reply);
+        assert!(Reply::heartbeat("m").is_heartbeat());
+        assert!(!reply.is_heartbeat());
+        assert!(Reply::from_map(map(json!({"result": 1}))).is_err());
+        // `ending` defaults to false (pre-Mitaka servers).
+        assert!(!Reply::from_map(map(json!({"_msg_id": "x", "result": 1, "failure": null}))).unwrap().ending);
+    }
+
+    #[test]
+    fn duplicate_window() {
+        let mut filter = DuplicateFilter::with_capacity(2);
+        assert!(filter.check_and_add("a"));
+        assert!(!filter.check_and_add("a"));
+        assert!(filter.check_and_add("b"));
+        assert!(filter.check_and_add("c"));
+        assert!(filter.check_and_add("a"), "a fell out of the window");
+    }
+
+    #[test]
+    fn whole_and_fractional_seconds() {
+        assert_eq!(seconds_value(Duration::from_secs(2)), json!(2));
+        assert_eq!(seconds_value(Duration::from_millis(2500)), json!(2.5));
+    }
+}

@@ -1,0 +1,265 @@
+//! `RpcServer` (oslo `rpc/server.py`, `server.py`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::driver::{IncomingMessage, Listener};
+use crate::error::Result;
+use crate::remote::HandlerError;
+use crate::rpc::dispatcher::{AccessPolicy, Endpoint, RpcDispatcher, PING_METHOD};
+use crate::serializer::{NoOpSerializer, Serializer};
+use crate::target::{Target, TargetUse};
+use crate::transport::Transport;
+
+/// Configures and starts an [`RpcServer`].
+#[derive(Debug)]
+pub struct RpcServerBuilder {
+    transport: Transport,
+    target: Target,
+    endpoints: Vec<Endpoint>,
+    access_policy: AccessPolicy,
+    serializer: Arc<dyn Serializer>,
+    executor_pool_size: usize,
+    ping_enabled: bool,
+}
+
+impl RpcServerBuilder {
+    /// Add an endpoint (endpoints are tried in the order added).
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Which methods clients may call (default: no `_private` methods).
+    pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
+        self.access_policy = policy;
+        self
+    }
+
+    /// Serializer for context, arguments and results.
+    pub fn serializer(mut self, serializer: Arc<dyn Serializer>) -> Self {
+        self.serializer = serializer;
+        self
+    }
+
+    /// How many requests run at once (oslo `executor_thread_pool_size`, default 64). Further
+    /// requests stay with the driver until a slot frees up.
+    pub fn executor_pool_size(mut self, size: usize) -> Self {
+        self.executor_pool_size = size.max(1);
+        self
+    }
+
+    /// Answer `oslo_rpc_server_ping` with `"pong"` (oslo `rpc_ping_enabled`).
+    pub fn ping_enabled(mut self, enabled: bool) -> Self {
+        self.ping_enabled = enabled;
+        self
+    }
+
+    /// Start listening (oslo `start()`): the listener's queues exist once this returns.
+    pub async fn start(self) -> Result<RpcServer> {
+        self.target.validate(TargetUse::Listen)?;
+        let mut endpoints = self.endpoints;
+        if self.ping_enabled {
+            endpoints.push(Endpoint::new().method(PING_METHOD, |_ctxt, _args: Value| async { Ok::<_, HandlerError>("pong") }));
+        }
+        let dispatcher = Arc::new(RpcDispatcher::new(endpoints, self.access_policy, self.serializer));
+        let listener = self.transport.driver().listen(&self.target).await?;
+        let (stop_sender, stop_receiver) = watch::channel(false);
+        let (stopped_sender, stopped_receiver) = oneshot::channel();
+        let span = tracing::info_span!("rpc.server", topic = self.target.topic.as_deref(), server = self.target.server.as_deref());
+        let task = tokio::spawn(
+            serve(listener, dispatcher, Arc::new(Semaphore::new(self.executor_pool_size)), stop_receiver, stopped_sender).instrument(span),
+        );
+        Ok(RpcServer {
+            target: self.target,
+            stop: stop_sender,
+            stopped: tokio::sync::Mutex::new(Some(stopped_receiver)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        })
+    }
+}
+
+/// A running RPC server: takes requests from its listener and dispatches them to endpoints.
+///
+/// ```
+/// # async fn demo(transport: oslo_core::Transport) -> oslo_core::Result<()> {
+/// use oslo_core::{Endpoint, HandlerError, RpcServer, Target};
+/// let server = RpcServer::builder(transport, Target::new("compute").with_server("host1"))
+///     .endpoint(Endpoint::new().method("ping", |_ctxt, _args: serde_json::Value| async {
+///         Ok::<_, HandlerError>("pong")
+///     }))
+///     .start()
+///     .await?;
+/// // ... later: stop taking requests, finish the ones in flight, release the queues.
+/// server.stop().await;
+/// server.wait().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RpcServer {
+    target: Target,
+    stop: watch::Sender<bool>,
+    stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RpcServer {
+    /// Start configuring a server for `target` (topic and server required).
+    pub fn builder(transport: Transport, target: Target) -> RpcServerBuilder {
+        RpcServerBuilder {
+            transport,
+            target,
+            endpoints: Vec::new(),
+            access_policy: AccessPolicy::Default,
+            serializer: Arc::new(NoOpSerializer),
+            executor_pool_size: 64,
+            ping_enabled: false,
+        }
+    }
+
+    /// The target this server listens on.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Stop taking new requests (oslo `stop()`); requests already taken keep running.
+    /// Returns once the listener has stopped consuming.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(stopped) = self.stopped.lock().await.take() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// Wait until every request taken has finished and been replied to, then release the
+    /// listener's resources (oslo `wait()`). Call after [`RpcServer::stop`].
+    pub async fn wait(&self) {
+        if let Some(task) = self.task.lock().await.take() {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "RPC server task failed");
+            }
+        }
+    }
+
+    /// [`RpcServer::stop`] then [`RpcServer::wait`].
+    pub async fn shutdown(&self) {
+        self.stop().await;
+        self.wait().await;
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        // A dropped server stops consuming; in-flight requests still finish in the background.
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn serve(
+    mut listener: Box<dyn Listener>,
+    dispatcher: Arc<RpcDispatcher>,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    stopped: oneshot::Sender<()>,
+) {
+    let mut in_flight = JoinSet::new();
+    loop {
+        // Take a message only when a slot is free: back-pressure stays with the broker.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let message = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            message = listener.next() => message,
+        };
+        let Some(message) = message else { break };
+        let dispatcher = dispatcher.clone();
+        in_flight.spawn(async move {
+            handle(message, &dispatcher).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow.
+        while in_flight.try_join_next().is_some() {}
+    }
+    listener.stop().await;
+    let _ = stopped.send(());
+    while let Some(result) = in_flight.join_next().await {
+        if let Err(err) = result {
+            tracing::error!(error = %err, "RPC request task failed");
+        }
+    }
+    listener.cleanup().await;
+}
+
+async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher) {
+    // RPC requests are acknowledged before dispatch (at-most-once, as oslo).
+    if let Err(err) = message.acknowledge().await {
+        tracing::warn!(error = %err, "failed to acknowledge an RPC request; dropping it");
+        return;
+    }
+    let method = message.message().get("method").and_then(Value::as_str).unwrap_or("None").to_string();
+    let heartbeat = start_call_monitor(&*message);
+    let outcome = async {
+        let span = tracing::debug_span!("rpc.dispatch", method = %method);
+        dispatcher.dispatch(message.context().clone(), message.message()).instrument(span).await
+    };
+    let outcome = match heartbeat {
+        Some(interval) => run_with_heartbeats(&*message, interval, outcome).await,
+        None => outcome.await,
+    };
+    if let Err(failure) = &outcome {
+        if failure.module == "oslo_messaging.rpc.dispatcher" {
+            tracing::warn!(method = %method, error = %failure.message, "RPC dispatch failed");
+        } else {
+            tracing::error!(method = %method, class = %failure.exc_type, error = %failure.message, "RPC endpoint raised");
+        }
+    }
+    if message.expects_reply() {
+        if let Err(err) = message.reply(outcome).await {
+            tracing::error!(method = %method, error = %err, "failed to send the reply");
+        }
+    }
+}
+
+/// oslo sends heartbeats every `int(client_timeout) / 2` seconds; under one second it sends none.
+fn start_call_monitor(message: &dyn IncomingMessage) -> Option<Duration> {
+    if !message.expects_reply() {
+        return None;
+    }
+    let timeout = message.client_timeout()?;
+    let interval = Duration::from_secs(timeout.as_secs()) / 2;
+    if interval < Duration::from_secs(1) {
+        tracing::warn!(?timeout, "call monitor timeout too short to heartbeat");
+        return None;
+    }
+    Some(interval)
+}
+
+async fn run_with_heartbeats<F, T>(message: &dyn IncomingMessage, interval: Duration, work: F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                // Unlike oslo (bug: the watchdog outlives failed dispatches), heartbeats stop
+                // with the work, on every path.
+                if let Err(err) = message.heartbeat().await {
+                    tracing::warn!(error = %err, "heartbeat send failed; no more heartbeats for this call");
+                    return work.await;
+                }
+            }
+        }
+    }
+}
