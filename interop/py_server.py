@@ -25,12 +25,15 @@ import stat
 import sys
 import threading
 import time
+import warnings
 
-# The threading executor: make sure nothing monkey-patches us into eventlet mode.
-os.environ.setdefault("OSLO_MESSAGING_INTEROP", "1")
+# oslo.service warns that eventlet is deprecated, oslo.messaging that the `executor` argument
+# is: noise on stderr for the interop tests.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="(?s).*eventlet is deprecated")
 
-from oslo_config import cfg  # noqa: E402
-import oslo_messaging  # noqa: E402
+from oslo_config import cfg
+import oslo_messaging
 
 DEFAULT_URL = os.environ.get("OSLO_TEST_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 
@@ -143,7 +146,9 @@ def main():
         format="py_server[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
 
-    conf = cfg.ConfigOpts()
+    # The global CONF, as services use: oslo.messaging 18.3.1 registers its tracing options
+    # on cfg.CONF only, and a private ConfigOpts makes every send fail with NoSuchOptError.
+    conf = cfg.CONF
     conf([], project="oslo-interop", default_config_files=[], default_config_dirs=[])
     transport = oslo_messaging.get_rpc_transport(conf, url=opts.url)
     target = oslo_messaging.Target(topic=opts.topic, server=opts.server_name, exchange=opts.exchange)

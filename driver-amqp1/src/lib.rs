@@ -1,1 +1,35 @@
-//! placeholder
+//! # driver-amqp1: AMQP 1.0 (Qpid family, on fe2o3-amqp) — **not implemented yet**
+//!
+//! This crate reserves the driver's place in the workspace. It registers its URL scheme so
+//! that `get_transport` answers with a clear `DriverLoadFailure` ("not implemented yet")
+//! instead of pretending to work. The driver itself is tracked in issue #6.
+
+use oslo_core::{DriverRegistry, Error};
+
+/// URL schemes this driver will serve.
+pub const SCHEMES: &[&str] = &["amqp"];
+
+/// Register a factory that reports the driver as not implemented yet.
+pub fn register(registry: &DriverRegistry) {
+    for scheme in SCHEMES {
+        registry.register(scheme, |url, _config| {
+            Err(Error::DriverLoadFailure {
+                driver: url.driver().to_string(),
+                reason: "the amqp1 driver is not implemented yet (issue #6)".into(),
+                available: Vec::new(),
+                hint: None,
+            })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reports_not_implemented() {
+        let registry = oslo_core::DriverRegistry::new();
+        super::register(&registry);
+        let err = registry.get_transport("amqp://127.0.0.1/").unwrap_err();
+        assert!(err.to_string().contains("not implemented yet"), "{err}");
+    }
+}

@@ -1,1 +1,691 @@
-//! The driver conformance suite (filled in below).
+//! The driver conformance suite: one set of async checks every driver must pass.
+//!
+//! Each [`Case`] takes a [`Transport`] and panics (via `assert!`) when the driver misbehaves.
+//! Cases that need a capability the driver does not declare are reported as skipped by the
+//! runner, never silently passed. Every case uses its own random topic, so cases can run in
+//! parallel against one broker. The `oslo-tests` crate runs them against `fake://` always
+//! and against every broker whose URL variable is set (`OSLO_TEST_RABBIT_URL`, ...).
+//!
+//! Names follow oslo.messaging's functional tests (`tests/functional/test_functional.py`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+use crate::codec::{new_id, JsonMap};
+use crate::driver::{Capabilities, Retry};
+use crate::error::Error;
+use crate::remote::HandlerError;
+use crate::rpc::{Endpoint, RpcClient, RpcServer};
+use crate::target::Target;
+use crate::transport::Transport;
+
+/// One conformance check.
+pub struct Case {
+    /// Test name (oslo's functional test name where one exists).
+    pub name: &'static str,
+    /// The capability the case needs, if any (the runner skips the case without it).
+    pub requires: Option<(&'static str, fn(&Capabilities) -> bool)>,
+    /// The check; panics on failure.
+    pub run: fn(Transport) -> BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("name", &self.name).finish()
+    }
+}
+
+impl Case {
+    /// Why this case must be skipped on a driver with `capabilities`, if it must.
+    pub fn skip_reason(&self, capabilities: &Capabilities) -> Option<String> {
+        match self.requires {
+            Some((name, check)) if !check(capabilities) => Some(format!("driver lacks capability `{name}`")),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! case {
+    ($name:ident) => {
+        Case {
+            name: stringify!($name),
+            requires: None,
+            run: |t| $name(t).boxed(),
+        }
+    };
+    ($name:ident, $cap:ident) => {
+        Case {
+            name: stringify!($name),
+            requires: Some((stringify!($cap), |c: &Capabilities| c.$cap)),
+            run: |t| $name(t).boxed(),
+        }
+    };
+}
+
+/// Every conformance case.
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(call_specific_server, server_targeting),
+        case!(call_server_in_group),
+        case!(cast_server_in_group),
+        case!(cast_specific_server, server_targeting),
+        case!(fanout_reaches_every_server_once, fanout),
+        case!(call_timeout),
+        case!(call_exception),
+        case!(endpoint_version_namespace),
+        case!(no_such_method),
+        case!(version_cap_rejects_newer),
+        case!(ping_endpoint),
+        case!(context_round_trip),
+        case!(payload_types),
+        case!(payload_must_serialize),
+        case!(casts_in_order),
+        case!(call_different_exchanges),
+        case!(monitor_long_call, call_monitor),
+        case!(monitor_dead_server, call_monitor),
+        case!(call_to_no_listener_fails_fast, detects_no_listener),
+        case!(at_least_once_cast_to_no_listener_fails, detects_no_listener),
+        case!(cast_does_not_wait_for_consumer),
+        case!(late_reply_after_timeout_is_dropped_quietly),
+        case!(server_stop_finishes_in_flight),
+        case!(concurrent_calls),
+        case!(notify_simple, notifications),
+        case!(notify_store_and_forward, store_and_forward),
+        case!(notify_pools, notification_pools),
+        case!(notify_requeue, requeue),
+    ]
+}
+
+/// Run every case against transports made by `make_transport`, returning the failures.
+/// Convenient for drivers outside this workspace; the `oslo-tests` crate reports each case
+/// separately instead.
+pub async fn run_all<F>(make_transport: F) -> Vec<(String, String)>
+where
+    F: Fn(&str) -> Transport,
+{
+    let mut failures = Vec::new();
+    for case in cases() {
+        let transport = make_transport(case.name);
+        if case.skip_reason(&transport.capabilities()).is_some() {
+            continue;
+        }
+        if let Err(panic) = std::panic::AssertUnwindSafe((case.run)(transport)).catch_unwind().await {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push((case.name.to_string(), text));
+        }
+    }
+    failures
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn topic() -> String {
+    format!("conformance-{}", new_id())
+}
+
+fn ctxt() -> JsonMap {
+    crate::context(json!({"request_id": "req-conformance", "user_id": "u-conf"}))
+}
+
+/// What one test server saw: the server name and every `record` argument.
+#[derive(Clone, Default)]
+struct Recorder {
+    records: Arc<Mutex<Vec<Value>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    fn values(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+fn test_endpoint(name: &str, recorder: Recorder) -> Endpoint {
+    let name = name.to_string();
+    let whoami_name = name.clone();
+    let calls = recorder.calls.clone();
+    Endpoint::new()
+        .with_target(Target::endpoint(None, Some("1.3")))
+        .method("echo", |_c, args: JsonMap| async move { Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null)) })
+        .method("whoami", move |_c, _a: Value| {
+            let name = whoami_name.clone();
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(name)
+            }
+        })
+        .method("record", move |_c, args: JsonMap| {
+            let records = recorder.records.clone();
+            async move {
+                records.lock().unwrap().push(args.get("value").cloned().unwrap_or(Value::Null));
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .method("context", |c: JsonMap, _a: Value| async move { Ok::<_, HandlerError>(Value::Object(c)) })
+        .method("sleep", |_c, args: JsonMap| async move {
+            let seconds = args.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            Ok::<_, HandlerError>(seconds)
+        })
+        .method("fail", |_c, args: JsonMap| async move {
+            let message = args.get("message").and_then(Value::as_str).unwrap_or("failed").to_string();
+            Err::<(), _>(HandlerError::new("ValueError", message))
+        })
+}
+
+async fn start_server(transport: &Transport, topic: &str, name: &str, recorder: Recorder) -> RpcServer {
+    RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
+        .endpoint(test_endpoint(name, recorder))
+        .start()
+        .await
+        .expect("server starts")
+}
+
+fn client(transport: &Transport, topic: &str) -> RpcClient {
+    RpcClient::new(transport.clone(), Target::new(topic)).timeout(Duration::from_secs(10))
+}
+
+/// Wait until `check` holds, at most `limit`.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RPC cases
+
+/// A call with `server` set reaches that server only.
+pub async fn call_specific_server(transport: Transport) {
+    let topic = topic();
+    let a = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let b = start_server(&transport, &topic, "server-b", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    for _ in 0..6 {
+        let who = client.prepare().server("server-b").call(&ctxt(), "whoami", json!({})).await.expect("call");
+        assert_eq!(who, json!("server-b"));
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Calls to a topic served by several servers are each answered exactly once.
+pub async fn call_server_in_group(transport: Transport) {
+    let topic = topic();
+    let ra = Recorder::default();
+    let rb = Recorder::default();
+    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
+    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let client = client(&transport, &topic);
+    for _ in 0..20 {
+        let who = client.call(&ctxt(), "whoami", json!({})).await.expect("call");
+        assert!(who == json!("server-a") || who == json!("server-b"), "{who}");
+    }
+    // Give a duplicate delivery time to show up before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ra.calls.load(Ordering::SeqCst) + rb.calls.load(Ordering::SeqCst), 20, "each call handled exactly once");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Casts to a topic served by several servers are each handled exactly once.
+pub async fn cast_server_in_group(transport: Transport) {
+    let topic = topic();
+    let ra = Recorder::default();
+    let rb = Recorder::default();
+    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
+    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let client = client(&transport, &topic);
+    for i in 0..20 {
+        client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+    }
+    assert!(eventually(Duration::from_secs(10), || ra.values().len() + rb.values().len() >= 20).await, "casts handled");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut all: Vec<i64> = ra.values().into_iter().chain(rb.values()).filter_map(|v| v.as_i64()).collect();
+    all.sort();
+    assert_eq!(all, (0..20).collect::<Vec<_>>(), "every cast exactly once");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A cast with `server` set reaches that server only.
+pub async fn cast_specific_server(transport: Transport) {
+    let topic = topic();
+    let ra = Recorder::default();
+    let rb = Recorder::default();
+    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
+    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let client = client(&transport, &topic);
+    for i in 0..5 {
+        client.prepare().server("server-a").cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+    }
+    assert!(eventually(Duration::from_secs(10), || ra.values().len() >= 5).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ra.values().len(), 5);
+    assert!(rb.values().is_empty(), "server-b got {:?}", rb.values());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A fanout cast reaches every server of the topic exactly once.
+pub async fn fanout_reaches_every_server_once(transport: Transport) {
+    let topic = topic();
+    let recorders: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+    let mut servers = Vec::new();
+    for (i, recorder) in recorders.iter().enumerate() {
+        servers.push(start_server(&transport, &topic, &format!("server-{i}"), recorder.clone()).await);
+    }
+    client(&transport, &topic).prepare().fanout(true).cast(&ctxt(), "record", json!({"value": "hello"})).await.expect("fanout");
+    assert!(eventually(Duration::from_secs(10), || recorders.iter().all(|r| !r.values().is_empty())).await, "every server got it");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for recorder in &recorders {
+        assert_eq!(recorder.values(), vec![json!("hello")]);
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+/// A call whose reply does not come in time fails with `MessagingTimeout`, promptly.
+pub async fn call_timeout(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let started = Instant::now();
+    let err = client(&transport, &topic)
+        .timeout(Duration::from_millis(500))
+        .call(&ctxt(), "sleep", json!({"seconds": 3}))
+        .await
+        .expect_err("must time out");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+    server.stop().await;
+}
+
+/// An endpoint failure comes back as a remote error with class, module and message.
+pub async fn call_exception(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let err = client(&transport, &topic).call(&ctxt(), "fail", json!({"message": "boom"})).await.expect_err("must fail");
+    let remote = err.as_remote().unwrap_or_else(|| panic!("not remote: {err}"));
+    assert_eq!(remote.exc_type, "ValueError");
+    assert_eq!(remote.module, "builtins");
+    assert_eq!(remote.message, "boom");
+    assert!(!remote.tb.is_empty(), "traceback present");
+    // The server keeps serving.
+    assert_eq!(client(&transport, &topic).call(&ctxt(), "whoami", json!({})).await.expect("call"), json!("server-a"));
+    server.shutdown().await;
+}
+
+/// Namespace and version select the endpoint; mismatches are `UnsupportedVersion`.
+pub async fn endpoint_version_namespace(transport: Transport) {
+    let topic = topic();
+    let control = Endpoint::new()
+        .with_target(Target::endpoint(Some("control"), Some("1.1")))
+        .method("ping", |_c, _a: Value| async { Ok::<_, HandlerError>("pong") });
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("server-a"))
+        .endpoint(test_endpoint("server-a", Recorder::default()))
+        .endpoint(control)
+        .start()
+        .await
+        .expect("server");
+    let client = client(&transport, &topic);
+    assert_eq!(client.prepare().namespace("control").version("1.1").call(&ctxt(), "ping", json!({})).await.expect("1.1"), json!("pong"));
+    assert_eq!(client.prepare().namespace("control").version("1.0").call(&ctxt(), "ping", json!({})).await.expect("1.0"), json!("pong"));
+    let err = client.prepare().namespace("control").version("1.2").call(&ctxt(), "ping", json!({})).await.expect_err("1.2");
+    assert!(matches!(&err, Error::UnsupportedVersion { version, method } if version == "1.2" && method == "ping"), "{err}");
+    let err = client.prepare().namespace("control").version("2.0").call(&ctxt(), "ping", json!({})).await.expect_err("2.0");
+    assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
+    let err = client.prepare().namespace("nope").call(&ctxt(), "ping", json!({})).await.expect_err("ns");
+    assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
+    // Null namespace, version 1.2 <= 1.3.
+    assert_eq!(client.prepare().version("1.2").call(&ctxt(), "whoami", json!({})).await.expect("1.2"), json!("server-a"));
+    server.shutdown().await;
+}
+
+/// An unknown method is `NoSuchMethod`; so is a private (`_`) one under the default policy.
+pub async fn no_such_method(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let err = client.call(&ctxt(), "does_not_exist", json!({})).await.expect_err("no method");
+    assert!(matches!(&err, Error::NoSuchMethod { method } if method == "does_not_exist"), "{err}");
+    let err = client.call(&ctxt(), "_private", json!({})).await.expect_err("private");
+    assert!(matches!(err, Error::NoSuchMethod { .. }), "{err}");
+    server.shutdown().await;
+}
+
+/// The client refuses versions above its cap before sending anything.
+pub async fn version_cap_rejects_newer(transport: Transport) {
+    let topic = topic();
+    let client = client(&transport, &topic).version_cap("1.2");
+    assert!(client.can_send_version(Some("1.1")));
+    assert!(!client.can_send_version(Some("1.3")));
+    let err = client.prepare().version("1.3").cast(&ctxt(), "whoami", json!({})).await.expect_err("cap");
+    assert!(matches!(err, Error::RpcVersionCap { .. }), "{err}");
+    // A capped client sending no version is refused too, as oslo does.
+    let err = client.cast(&ctxt(), "whoami", json!({})).await.expect_err("no version");
+    assert!(matches!(err, Error::RpcVersionCap { .. }), "{err}");
+}
+
+/// `oslo_rpc_server_ping` answers `pong` when enabled.
+pub async fn ping_endpoint(transport: Transport) {
+    let topic = topic();
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("server-a"))
+        .ping_enabled(true)
+        .start()
+        .await
+        .expect("server");
+    assert_eq!(client(&transport, &topic).call(&ctxt(), crate::PING_METHOD, json!({})).await.expect("ping"), json!("pong"));
+    server.shutdown().await;
+}
+
+/// The context reaches the endpoint key for key.
+pub async fn context_round_trip(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let context = crate::context(json!({
+        "user_id": "u1", "project_id": "p1", "request_id": "req-123", "roles": ["admin", "member"],
+        "is_admin": true, "auth_token": null, "nested": {"a": [1, 2, {"b": "c"}]}, "unicode": "ünïcødé ✓"
+    }));
+    let got = client(&transport, &topic).call(&context, "context", json!({})).await.expect("call");
+    assert_eq!(got, Value::Object(context));
+    server.shutdown().await;
+}
+
+/// Every JSON type survives the round trip, up to a 1 MiB string.
+pub async fn payload_types(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let big = "x".repeat(1024 * 1024);
+    let values = [
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(0),
+        json!(1.5),
+        json!(-2.25e-10),
+        json!(1e300),
+        json!("unicode ✓ 中文 😀 \u{0} \"quoted\" \\ back"),
+        json!(true),
+        json!(null),
+        json!([1, "two", [3.0, {"four": 4}]]),
+        json!({"nested": {"deep": {"deeper": [null, false]}}}),
+        json!({}),
+        json!([]),
+        json!(big),
+    ];
+    for value in values {
+        let got = client.call(&ctxt(), "echo", json!({"value": value})).await.expect("echo");
+        assert_eq!(got, value, "round trip");
+    }
+    server.shutdown().await;
+}
+
+/// Arguments that are not a JSON object of keyword arguments fail at send time.
+pub async fn payload_must_serialize(transport: Transport) {
+    let topic = topic();
+    let client = client(&transport, &topic);
+    let err = client.cast(&ctxt(), "record", json!([1, 2])).await.expect_err("list args");
+    assert!(matches!(err, Error::Serialization(_)), "{err}");
+    let mut bad = std::collections::BTreeMap::new();
+    bad.insert((1, 2), "tuple keys are not JSON");
+    let err = client.cast(&ctxt(), "record", bad).await.expect_err("non-string keys");
+    assert!(matches!(err, Error::Serialization(_)), "{err}");
+}
+
+/// Casts from one client to one server (handled one at a time) arrive in order.
+pub async fn casts_in_order(transport: Transport) {
+    let topic = topic();
+    let recorder = Recorder::default();
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("server-a"))
+        .endpoint(test_endpoint("server-a", recorder.clone()))
+        .executor_pool_size(1)
+        .start()
+        .await
+        .expect("server");
+    let client = client(&transport, &topic);
+    for i in 0..50 {
+        client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+    }
+    assert!(eventually(Duration::from_secs(10), || recorder.values().len() >= 50).await);
+    let got: Vec<i64> = recorder.values().into_iter().filter_map(|v| v.as_i64()).collect();
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    server.shutdown().await;
+}
+
+/// Exchanges scope topics: a server on exchange A does not get messages sent on exchange B.
+pub async fn call_different_exchanges(transport: Transport) {
+    let topic = topic();
+    let exchange_a = format!("conf-ex-a-{}", new_id());
+    let exchange_b = format!("conf-ex-b-{}", new_id());
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("server-a").with_exchange(&exchange_a))
+        .endpoint(test_endpoint("server-a", Recorder::default()))
+        .start()
+        .await
+        .expect("server");
+    let client = client(&transport, &topic);
+    assert_eq!(client.prepare().exchange(&exchange_a).call(&ctxt(), "whoami", json!({})).await.expect("A"), json!("server-a"));
+    let err = client
+        .prepare()
+        .exchange(&exchange_b)
+        .timeout(Duration::from_millis(500))
+        .call(&ctxt(), "whoami", json!({}))
+        .await
+        .expect_err("B has no server");
+    assert!(matches!(err, Error::MessagingTimeout { .. } | Error::MessageUndeliverable { .. }), "{err}");
+    server.shutdown().await;
+}
+
+/// Call-monitor heartbeats keep a call alive longer than the monitor timeout.
+pub async fn monitor_long_call(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let got = client(&transport, &topic)
+        .timeout(Duration::from_secs(20))
+        .call_monitor_timeout(Duration::from_secs(2))
+        .call(&ctxt(), "sleep", json!({"seconds": 4.5}))
+        .await
+        .expect("heartbeats keep the call alive");
+    assert_eq!(got, json!(4.5));
+    server.shutdown().await;
+}
+
+/// A server that took the call but went silent fails the call after the monitor timeout,
+/// well before the overall timeout.
+pub async fn monitor_dead_server(transport: Transport) {
+    let topic = topic();
+    // A listener that takes requests and never answers nor heartbeats: a hung server.
+    let mut listener = transport.driver().listen(&Target::new(&topic).with_server("dead")).await.expect("listen");
+    let swallow = tokio::spawn(async move {
+        let mut taken = Vec::new();
+        while let Some(message) = listener.next().await {
+            let _ = message.acknowledge().await;
+            taken.push(message);
+        }
+    });
+    let started = Instant::now();
+    let err = client(&transport, &topic)
+        .timeout(Duration::from_secs(30))
+        .call_monitor_timeout(Duration::from_secs(2))
+        .call(&ctxt(), "sleep", json!({"seconds": 1}))
+        .await
+        .expect_err("dead server");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6), "took {elapsed:?}");
+    swallow.abort();
+}
+
+/// A call to a topic nobody listens on fails fast with `MessageUndeliverable`.
+pub async fn call_to_no_listener_fails_fast(transport: Transport) {
+    let started = Instant::now();
+    let err = client(&transport, &topic()).timeout(Duration::from_secs(30)).call(&ctxt(), "whoami", json!({})).await.expect_err("nobody");
+    assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+/// An `at_least_once` cast to a topic nobody listens on is reported, not dropped.
+pub async fn at_least_once_cast_to_no_listener_fails(transport: Transport) {
+    let err = client(&transport, &topic()).at_least_once(true).cast(&ctxt(), "record", json!({})).await.expect_err("nobody");
+    assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
+}
+
+/// A plain cast returns without any consumer (fire and forget).
+pub async fn cast_does_not_wait_for_consumer(transport: Transport) {
+    let started = Instant::now();
+    client(&transport, &topic()).cast(&ctxt(), "record", json!({"value": 1})).await.expect("cast without consumer");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// A reply that arrives after its call timed out is dropped; the next call gets its own reply.
+pub async fn late_reply_after_timeout_is_dropped_quietly(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let err = client.prepare().timeout(Duration::from_millis(300)).call(&ctxt(), "sleep", json!({"seconds": 0.8})).await.expect_err("late");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await; // the late reply arrives now
+    assert_eq!(client.call(&ctxt(), "echo", json!({"value": "fresh"})).await.expect("next call"), json!("fresh"));
+    server.shutdown().await;
+}
+
+/// Stopping a server lets the calls it already took finish and reply.
+pub async fn server_stop_finishes_in_flight(transport: Transport) {
+    let topic = topic();
+    let server = Arc::new(start_server(&transport, &topic, "server-a", Recorder::default()).await);
+    let client = client(&transport, &topic);
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(&ctxt(), "sleep", json!({"seconds": 1})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the server has taken the call
+    server.stop().await;
+    server.wait().await;
+    assert_eq!(call.await.expect("join").expect("in-flight call finished"), json!(1.0));
+}
+
+/// Many calls in flight on one client are each answered with their own result.
+pub async fn concurrent_calls(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let calls = (0..64).map(|i| {
+        let client = client.clone();
+        async move { (i, client.call(&ctxt(), "echo", json!({"value": i})).await) }
+    });
+    for (i, result) in futures::future::join_all(calls).await {
+        assert_eq!(result.expect("call"), json!(i));
+    }
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notification cases (driver level; the Notifier API builds on these)
+
+fn notification(event_type: &str, n: i64) -> JsonMap {
+    crate::context(json!({
+        "message_id": uuid::Uuid::new_v4().to_string(), "publisher_id": "conformance.host",
+        "event_type": event_type, "priority": "INFO", "payload": {"n": n},
+        "timestamp": "2026-11-25 12:00:00.000000"
+    }))
+}
+
+async fn notify(transport: &Transport, topic: &str, priority: &str, message: &JsonMap) {
+    let target = Target::new(format!("{topic}.{priority}"));
+    transport.driver().send_notification(&target, &ctxt(), message, true, Retry::Limited(3)).await.expect("notify");
+}
+
+async fn next_payload(listener: &mut Box<dyn crate::Listener>) -> Value {
+    let message = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("notification in time").expect("listener open");
+    message.acknowledge().await.expect("ack");
+    message.message()["payload"]["n"].clone()
+}
+
+/// A notification reaches a listener with its fields and context intact.
+pub async fn notify_simple(transport: Transport) {
+    let topic = topic();
+    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    let sent = notification("conformance.simple", 7);
+    notify(&transport, &topic, "info", &sent).await;
+    let message = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open");
+    for key in ["message_id", "publisher_id", "event_type", "priority", "payload", "timestamp"] {
+        assert_eq!(message.message()[key], sent[key], "{key}");
+    }
+    assert_eq!(message.context()["request_id"], json!("req-conformance"));
+    message.acknowledge().await.expect("ack");
+    listener.cleanup().await;
+}
+
+/// Notifications sent before any listener started are delivered once one starts.
+pub async fn notify_store_and_forward(transport: Transport) {
+    let topic = topic();
+    for n in 0..3 {
+        notify(&transport, &topic, "info", &notification("conformance.saf", n)).await;
+    }
+    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    for n in 0..3 {
+        assert_eq!(next_payload(&mut listener).await, json!(n));
+    }
+    listener.cleanup().await;
+}
+
+/// Each pool gets every notification once; listeners in one pool share them.
+pub async fn notify_pools(transport: Transport) {
+    let topic = topic();
+    let pool_a = format!("{topic}-pool-a");
+    let pool_b = format!("{topic}-pool-b");
+    let targets = [(Target::new(&topic), "info".to_string())];
+    let mut a1 = transport.driver().listen_for_notifications(&targets, Some(&pool_a)).await.expect("a1");
+    let mut a2 = transport.driver().listen_for_notifications(&targets, Some(&pool_a)).await.expect("a2");
+    let mut b = transport.driver().listen_for_notifications(&targets, Some(&pool_b)).await.expect("b");
+    for n in 0..10 {
+        notify(&transport, &topic, "info", &notification("conformance.pools", n)).await;
+    }
+    let mut got_b = Vec::new();
+    for _ in 0..10 {
+        got_b.push(next_payload(&mut b).await.as_i64().unwrap());
+    }
+    assert_eq!(got_b, (0..10).collect::<Vec<_>>(), "pool b gets everything");
+    // Pool a's two listeners share the ten between them.
+    let mut got_a = Vec::new();
+    while got_a.len() < 10 {
+        tokio::select! {
+            Some(m) = a1.next() => { m.acknowledge().await.unwrap(); got_a.push(m.message()["payload"]["n"].as_i64().unwrap()); }
+            Some(m) = a2.next() => { m.acknowledge().await.unwrap(); got_a.push(m.message()["payload"]["n"].as_i64().unwrap()); }
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("pool a got only {got_a:?}"),
+        }
+    }
+    got_a.sort();
+    assert_eq!(got_a, (0..10).collect::<Vec<_>>(), "pool a gets each once");
+    for mut listener in [a1, a2, b] {
+        listener.cleanup().await;
+    }
+}
+
+/// A requeued notification is delivered again.
+pub async fn notify_requeue(transport: Transport) {
+    let topic = topic();
+    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    notify(&transport, &topic, "info", &notification("conformance.requeue", 42)).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open");
+    first.requeue().await.expect("requeue");
+    assert_eq!(next_payload(&mut listener).await, json!(42));
+    listener.cleanup().await;
+}

@@ -123,7 +123,13 @@ impl DriverRegistry {
             });
         };
         let driver = factory(&url, &config).map_err(|err| match err {
-            err @ (Error::Configuration { .. } | Error::InvalidTransportUrl { .. } | Error::DriverLoadFailure { .. }) => err,
+            Error::DriverLoadFailure { driver, reason, available, hint } => Error::DriverLoadFailure {
+                driver,
+                reason,
+                available: if available.is_empty() { self.drivers() } else { available },
+                hint,
+            },
+            err @ (Error::Configuration { .. } | Error::InvalidTransportUrl { .. }) => err,
             other => Error::DriverLoadFailure {
                 driver: name.clone(),
                 reason: other.to_string(),
