@@ -44,8 +44,8 @@ use async_trait::async_trait;
 use oslo_core::codec::{self, CallFields, JsonMap, Reply};
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{
-    Capabilities, Driver, DriverRegistry, Error, IncomingMessage, Listener, RemoteError, Result, Retry, SendOptions, Target, TransportConfig,
-    TransportUrl,
+    Capabilities, Driver, DriverRegistry, Error, IncomingMessage, Listener, RemoteError, Result, Retry, SendOptions, Target,
+    TransportConfig, TransportUrl,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -137,7 +137,12 @@ impl Bus {
     }
 
     fn existing_queue(&self, exchange: &str, name: &str) -> Option<Arc<Queue>> {
-        self.state.lock().expect("bus poisoned").queues.get(&(exchange.to_string(), name.to_string())).cloned()
+        self.state
+            .lock()
+            .expect("bus poisoned")
+            .queues
+            .get(&(exchange.to_string(), name.to_string()))
+            .cloned()
     }
 
     fn bind(&self, exchange: &str, routing_key: &str, queue_name: &str) -> Arc<Queue> {
@@ -155,13 +160,20 @@ impl Bus {
         state
             .bindings
             .get(&(exchange.to_string(), routing_key.to_string()))
-            .map(|names| names.iter().filter_map(|n| state.queues.get(&(exchange.to_string(), n.clone())).cloned()).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| state.queues.get(&(exchange.to_string(), n.clone())).cloned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     fn fanout_queues(&self, topic: &str) -> Vec<Arc<Queue>> {
         let mut state = self.state.lock().expect("bus poisoned");
-        let Some(list) = state.fanout.get_mut(topic) else { return Vec::new() };
+        let Some(list) = state.fanout.get_mut(topic) else {
+            return Vec::new();
+        };
         list.retain(|q| q.strong_count() > 0);
         list.iter().filter_map(Weak::upgrade).collect()
     }
@@ -203,7 +215,10 @@ impl Queue {
     }
 
     fn unsubscribe(&self, notify: &Arc<Notify>) {
-        self.consumers.lock().expect("queue poisoned").retain(|c| !std::ptr::eq(c.as_ptr(), Arc::as_ptr(notify)));
+        self.consumers
+            .lock()
+            .expect("queue poisoned")
+            .retain(|c| !std::ptr::eq(c.as_ptr(), Arc::as_ptr(notify)));
     }
 }
 
@@ -255,7 +270,10 @@ impl Driver for FakeDriver {
             queue.push(body.clone());
         }
         match pending {
-            Some(pending) => pending.wait(options.timeout, options.call_monitor_timeout, &self.reply_queue).await.map(Some),
+            Some(pending) => pending
+                .wait(options.timeout, options.call_monitor_timeout, &self.reply_queue)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -264,7 +282,11 @@ impl Driver for FakeDriver {
         let routing_key = target.topic.as_deref().unwrap_or_default();
         let exchange = self.exchange_of(target);
         let inner = codec::encode_request(message, context, None, &codec::new_id());
-        let body = if envelope { codec::encode_envelope(&inner)? } else { codec::encode_plain(&inner)? };
+        let body = if envelope {
+            codec::encode_envelope(&inner)?
+        } else {
+            codec::encode_plain(&inner)?
+        };
         // Like oslo's rabbit notifier: the default queue exists once someone published.
         self.bus.bind(&exchange, routing_key, routing_key);
         for queue in self.bus.bound_queues(&exchange, routing_key) {
@@ -282,7 +304,11 @@ impl Driver for FakeDriver {
             let mut state = self.bus.state.lock().expect("bus poisoned");
             state.fanout.entry(topic.clone()).or_default().push(Arc::downgrade(&fanout));
         }
-        let queues = vec![self.bus.queue(&exchange, &format!("{topic}.{server}")), self.bus.queue(&exchange, &topic), fanout];
+        let queues = vec![
+            self.bus.queue(&exchange, &format!("{topic}.{server}")),
+            self.bus.queue(&exchange, &topic),
+            fanout,
+        ];
         Ok(Box::new(FakeListener::new(self.bus.clone(), queues, true)))
     }
 
@@ -472,7 +498,10 @@ mod tests {
             .unwrap();
         let ctxt = context(json!({}));
         assert!(RpcClient::new(a, Target::new("t")).call(&ctxt, "echo", json!({})).await.is_ok());
-        let err = RpcClient::new(b, Target::new("t")).call(&ctxt, "echo", json!({})).await.unwrap_err();
+        let err = RpcClient::new(b, Target::new("t"))
+            .call(&ctxt, "echo", json!({}))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
         server.shutdown().await;
     }
@@ -504,9 +533,16 @@ mod tests {
         let t = transport("notify");
         let target = Target::new("notifications.info");
         let message = context(json!({"event_type": "e", "priority": "INFO", "payload": {"n": 1}}));
-        t.driver().send_notification(&target, &context(json!({"user": "u"})), &message, true, Retry::Forever).await.unwrap();
+        t.driver()
+            .send_notification(&target, &context(json!({"user": "u"})), &message, true, Retry::Forever)
+            .await
+            .unwrap();
         // Started after the send: still gets it.
-        let mut plain = t.driver().listen_for_notifications(&[(Target::new("notifications"), "info".into())], None).await.unwrap();
+        let mut plain = t
+            .driver()
+            .listen_for_notifications(&[(Target::new("notifications"), "info".into())], None)
+            .await
+            .unwrap();
         let got = plain.next().await.unwrap();
         assert_eq!(got.message()["payload"], json!({"n": 1}));
         assert_eq!(got.context()["user"], json!("u"));
@@ -515,9 +551,20 @@ mod tests {
         let again = plain.next().await.unwrap();
         assert_eq!(again.message()["payload"], json!({"n": 1}));
         // Pools: each pool gets a copy, listeners within a pool share.
-        let mut pool_a1 = t.driver().listen_for_notifications(&[(Target::new("notifications"), "info".into())], Some("a")).await.unwrap();
-        let mut pool_b = t.driver().listen_for_notifications(&[(Target::new("notifications"), "info".into())], Some("b")).await.unwrap();
-        t.driver().send_notification(&target, &JsonMap::new(), &message, false, Retry::Forever).await.unwrap();
+        let mut pool_a1 = t
+            .driver()
+            .listen_for_notifications(&[(Target::new("notifications"), "info".into())], Some("a"))
+            .await
+            .unwrap();
+        let mut pool_b = t
+            .driver()
+            .listen_for_notifications(&[(Target::new("notifications"), "info".into())], Some("b"))
+            .await
+            .unwrap();
+        t.driver()
+            .send_notification(&target, &JsonMap::new(), &message, false, Retry::Forever)
+            .await
+            .unwrap();
         assert!(pool_a1.next().await.is_some());
         assert!(pool_b.next().await.is_some());
         assert!(plain.next().await.is_some());

@@ -229,7 +229,10 @@ impl Reply {
     pub fn to_map(&self) -> JsonMap {
         let mut map = JsonMap::new();
         map.insert("result".into(), self.result.clone());
-        map.insert("failure".into(), self.failure.as_ref().map_or(Value::Null, |f| Value::String(f.to_failure_json())));
+        map.insert(
+            "failure".into(),
+            self.failure.as_ref().map_or(Value::Null, |f| Value::String(f.to_failure_json())),
+        );
         map.insert("ending".into(), Value::Bool(self.ending));
         map.insert("_msg_id".into(), Value::String(self.msg_id.clone()));
         if let Some(unique_id) = &self.unique_id {
@@ -329,7 +332,18 @@ mod tests {
         let keys: Vec<&str> = inner.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["method", "args", "namespace", "version", "_msg_id", "_reply_q", "_timeout", "_unique_id", "_context_user", "_context_roles"]
+            [
+                "method",
+                "args",
+                "namespace",
+                "version",
+                "_msg_id",
+                "_reply_q",
+                "_timeout",
+                "_unique_id",
+                "_context_user",
+                "_context_roles"
+            ]
         );
         let body = encode_envelope(&inner).unwrap();
         let decoded = decode_request(decode_body(&body).unwrap());
@@ -343,8 +357,19 @@ mod tests {
 
     #[test]
     fn body_errors_are_typed() {
-        for bad in [&b"not json"[..], b"[1,2]", b"{\"oslo.version\": \"3.0\", \"oslo.message\": \"{}\"}", b"{\"oslo.version\": \"2.0\", \"oslo.message\": {}}", b"{\"oslo.version\": \"2.0\", \"oslo.message\": \"[1]\"}", b"\xff\xfe"] {
-            assert!(matches!(decode_body(bad), Err(Error::InvalidMessage { .. })), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"{\"oslo.version\": \"3.0\", \"oslo.message\": \"{}\"}",
+            b"{\"oslo.version\": \"2.0\", \"oslo.message\": {}}",
+            b"{\"oslo.version\": \"2.0\", \"oslo.message\": \"[1]\"}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(decode_body(bad), Err(Error::InvalidMessage { .. })),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // A plain dict is a v1 message and accepted.
         assert_eq!(decode_body(br#"{"method": "m"}"#).unwrap(), map(json!({"method": "m"})));
@@ -361,7 +386,11 @@ mod tests {
         assert!(!reply.is_heartbeat());
         assert!(Reply::from_map(map(json!({"result": 1}))).is_err());
         // `ending` defaults to false (pre-Mitaka servers).
-        assert!(!Reply::from_map(map(json!({"_msg_id": "x", "result": 1, "failure": null}))).unwrap().ending);
+        assert!(
+            !Reply::from_map(map(json!({"_msg_id": "x", "result": 1, "failure": null})))
+                .unwrap()
+                .ending
+        );
     }
 
     #[test]

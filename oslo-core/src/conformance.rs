@@ -156,7 +156,9 @@ fn test_endpoint(name: &str, recorder: Recorder) -> Endpoint {
     let calls = recorder.calls.clone();
     Endpoint::new()
         .with_target(Target::endpoint(None, Some("1.3")))
-        .method("echo", |_c, args: JsonMap| async move { Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null)) })
+        .method("echo", |_c, args: JsonMap| async move {
+            Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null))
+        })
         .method("whoami", move |_c, _a: Value| {
             let name = whoami_name.clone();
             let calls = calls.clone();
@@ -172,7 +174,10 @@ fn test_endpoint(name: &str, recorder: Recorder) -> Endpoint {
                 Ok::<_, HandlerError>(())
             }
         })
-        .method("context", |c: JsonMap, _a: Value| async move { Ok::<_, HandlerError>(Value::Object(c)) })
+        .method(
+            "context",
+            |c: JsonMap, _a: Value| async move { Ok::<_, HandlerError>(Value::Object(c)) },
+        )
         .method("sleep", |_c, args: JsonMap| async move {
             let seconds = args.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
             tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -218,7 +223,12 @@ pub async fn call_specific_server(transport: Transport) {
     let b = start_server(&transport, &topic, "server-b", Recorder::default()).await;
     let client = client(&transport, &topic);
     for _ in 0..6 {
-        let who = client.prepare().server("server-b").call(&ctxt(), "whoami", json!({})).await.expect("call");
+        let who = client
+            .prepare()
+            .server("server-b")
+            .call(&ctxt(), "whoami", json!({}))
+            .await
+            .expect("call");
         assert_eq!(who, json!("server-b"));
     }
     a.shutdown().await;
@@ -239,7 +249,11 @@ pub async fn call_server_in_group(transport: Transport) {
     }
     // Give a duplicate delivery time to show up before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(ra.calls.load(Ordering::SeqCst) + rb.calls.load(Ordering::SeqCst), 20, "each call handled exactly once");
+    assert_eq!(
+        ra.calls.load(Ordering::SeqCst) + rb.calls.load(Ordering::SeqCst),
+        20,
+        "each call handled exactly once"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -255,7 +269,10 @@ pub async fn cast_server_in_group(transport: Transport) {
     for i in 0..20 {
         client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
     }
-    assert!(eventually(Duration::from_secs(10), || ra.values().len() + rb.values().len() >= 20).await, "casts handled");
+    assert!(
+        eventually(Duration::from_secs(10), || ra.values().len() + rb.values().len() >= 20).await,
+        "casts handled"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut all: Vec<i64> = ra.values().into_iter().chain(rb.values()).filter_map(|v| v.as_i64()).collect();
     all.sort();
@@ -273,7 +290,12 @@ pub async fn cast_specific_server(transport: Transport) {
     let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
     let client = client(&transport, &topic);
     for i in 0..5 {
-        client.prepare().server("server-a").cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+        client
+            .prepare()
+            .server("server-a")
+            .cast(&ctxt(), "record", json!({"value": i}))
+            .await
+            .expect("cast");
     }
     assert!(eventually(Duration::from_secs(10), || ra.values().len() >= 5).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -291,8 +313,16 @@ pub async fn fanout_reaches_every_server_once(transport: Transport) {
     for (i, recorder) in recorders.iter().enumerate() {
         servers.push(start_server(&transport, &topic, &format!("server-{i}"), recorder.clone()).await);
     }
-    client(&transport, &topic).prepare().fanout(true).cast(&ctxt(), "record", json!({"value": "hello"})).await.expect("fanout");
-    assert!(eventually(Duration::from_secs(10), || recorders.iter().all(|r| !r.values().is_empty())).await, "every server got it");
+    client(&transport, &topic)
+        .prepare()
+        .fanout(true)
+        .cast(&ctxt(), "record", json!({"value": "hello"}))
+        .await
+        .expect("fanout");
+    assert!(
+        eventually(Duration::from_secs(10), || recorders.iter().all(|r| !r.values().is_empty())).await,
+        "every server got it"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for recorder in &recorders {
         assert_eq!(recorder.values(), vec![json!("hello")]);
@@ -321,14 +351,20 @@ pub async fn call_timeout(transport: Transport) {
 pub async fn call_exception(transport: Transport) {
     let topic = topic();
     let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
-    let err = client(&transport, &topic).call(&ctxt(), "fail", json!({"message": "boom"})).await.expect_err("must fail");
+    let err = client(&transport, &topic)
+        .call(&ctxt(), "fail", json!({"message": "boom"}))
+        .await
+        .expect_err("must fail");
     let remote = err.as_remote().unwrap_or_else(|| panic!("not remote: {err}"));
     assert_eq!(remote.exc_type, "ValueError");
     assert_eq!(remote.module, "builtins");
     assert_eq!(remote.message, "boom");
     assert!(!remote.tb.is_empty(), "traceback present");
     // The server keeps serving.
-    assert_eq!(client(&transport, &topic).call(&ctxt(), "whoami", json!({})).await.expect("call"), json!("server-a"));
+    assert_eq!(
+        client(&transport, &topic).call(&ctxt(), "whoami", json!({})).await.expect("call"),
+        json!("server-a")
+    );
     server.shutdown().await;
 }
 
@@ -345,16 +381,62 @@ pub async fn endpoint_version_namespace(transport: Transport) {
         .await
         .expect("server");
     let client = client(&transport, &topic);
-    assert_eq!(client.prepare().namespace("control").version("1.1").call(&ctxt(), "ping", json!({})).await.expect("1.1"), json!("pong"));
-    assert_eq!(client.prepare().namespace("control").version("1.0").call(&ctxt(), "ping", json!({})).await.expect("1.0"), json!("pong"));
-    let err = client.prepare().namespace("control").version("1.2").call(&ctxt(), "ping", json!({})).await.expect_err("1.2");
-    assert!(matches!(&err, Error::UnsupportedVersion { version, method } if version == "1.2" && method == "ping"), "{err}");
-    let err = client.prepare().namespace("control").version("2.0").call(&ctxt(), "ping", json!({})).await.expect_err("2.0");
+    assert_eq!(
+        client
+            .prepare()
+            .namespace("control")
+            .version("1.1")
+            .call(&ctxt(), "ping", json!({}))
+            .await
+            .expect("1.1"),
+        json!("pong")
+    );
+    assert_eq!(
+        client
+            .prepare()
+            .namespace("control")
+            .version("1.0")
+            .call(&ctxt(), "ping", json!({}))
+            .await
+            .expect("1.0"),
+        json!("pong")
+    );
+    let err = client
+        .prepare()
+        .namespace("control")
+        .version("1.2")
+        .call(&ctxt(), "ping", json!({}))
+        .await
+        .expect_err("1.2");
+    assert!(
+        matches!(&err, Error::UnsupportedVersion { version, method } if version == "1.2" && method == "ping"),
+        "{err}"
+    );
+    let err = client
+        .prepare()
+        .namespace("control")
+        .version("2.0")
+        .call(&ctxt(), "ping", json!({}))
+        .await
+        .expect_err("2.0");
     assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
-    let err = client.prepare().namespace("nope").call(&ctxt(), "ping", json!({})).await.expect_err("ns");
+    let err = client
+        .prepare()
+        .namespace("nope")
+        .call(&ctxt(), "ping", json!({}))
+        .await
+        .expect_err("ns");
     assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
     // Null namespace, version 1.2 <= 1.3.
-    assert_eq!(client.prepare().version("1.2").call(&ctxt(), "whoami", json!({})).await.expect("1.2"), json!("server-a"));
+    assert_eq!(
+        client
+            .prepare()
+            .version("1.2")
+            .call(&ctxt(), "whoami", json!({}))
+            .await
+            .expect("1.2"),
+        json!("server-a")
+    );
     server.shutdown().await;
 }
 
@@ -364,7 +446,10 @@ pub async fn no_such_method(transport: Transport) {
     let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
     let client = client(&transport, &topic);
     let err = client.call(&ctxt(), "does_not_exist", json!({})).await.expect_err("no method");
-    assert!(matches!(&err, Error::NoSuchMethod { method } if method == "does_not_exist"), "{err}");
+    assert!(
+        matches!(&err, Error::NoSuchMethod { method } if method == "does_not_exist"),
+        "{err}"
+    );
     let err = client.call(&ctxt(), "_private", json!({})).await.expect_err("private");
     assert!(matches!(err, Error::NoSuchMethod { .. }), "{err}");
     server.shutdown().await;
@@ -376,7 +461,12 @@ pub async fn version_cap_rejects_newer(transport: Transport) {
     let client = client(&transport, &topic).version_cap("1.2");
     assert!(client.can_send_version(Some("1.1")));
     assert!(!client.can_send_version(Some("1.3")));
-    let err = client.prepare().version("1.3").cast(&ctxt(), "whoami", json!({})).await.expect_err("cap");
+    let err = client
+        .prepare()
+        .version("1.3")
+        .cast(&ctxt(), "whoami", json!({}))
+        .await
+        .expect_err("cap");
     assert!(matches!(err, Error::RpcVersionCap { .. }), "{err}");
     // A capped client sending no version is refused too, as oslo does.
     let err = client.cast(&ctxt(), "whoami", json!({})).await.expect_err("no version");
@@ -391,7 +481,13 @@ pub async fn ping_endpoint(transport: Transport) {
         .start()
         .await
         .expect("server");
-    assert_eq!(client(&transport, &topic).call(&ctxt(), crate::PING_METHOD, json!({})).await.expect("ping"), json!("pong"));
+    assert_eq!(
+        client(&transport, &topic)
+            .call(&ctxt(), crate::PING_METHOD, json!({}))
+            .await
+            .expect("ping"),
+        json!("pong")
+    );
     server.shutdown().await;
 }
 
@@ -475,13 +571,24 @@ pub async fn call_different_exchanges(transport: Transport) {
     let topic = topic();
     let exchange_a = format!("conf-ex-a-{}", new_id());
     let exchange_b = format!("conf-ex-b-{}", new_id());
-    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("server-a").with_exchange(&exchange_a))
-        .endpoint(test_endpoint("server-a", Recorder::default()))
-        .start()
-        .await
-        .expect("server");
+    let server = RpcServer::builder(
+        transport.clone(),
+        Target::new(&topic).with_server("server-a").with_exchange(&exchange_a),
+    )
+    .endpoint(test_endpoint("server-a", Recorder::default()))
+    .start()
+    .await
+    .expect("server");
     let client = client(&transport, &topic);
-    assert_eq!(client.prepare().exchange(&exchange_a).call(&ctxt(), "whoami", json!({})).await.expect("A"), json!("server-a"));
+    assert_eq!(
+        client
+            .prepare()
+            .exchange(&exchange_a)
+            .call(&ctxt(), "whoami", json!({}))
+            .await
+            .expect("A"),
+        json!("server-a")
+    );
     let err = client
         .prepare()
         .exchange(&exchange_b)
@@ -489,7 +596,10 @@ pub async fn call_different_exchanges(transport: Transport) {
         .call(&ctxt(), "whoami", json!({}))
         .await
         .expect_err("B has no server");
-    assert!(matches!(err, Error::MessagingTimeout { .. } | Error::MessageUndeliverable { .. }), "{err}");
+    assert!(
+        matches!(err, Error::MessagingTimeout { .. } | Error::MessageUndeliverable { .. }),
+        "{err}"
+    );
     server.shutdown().await;
 }
 
@@ -512,7 +622,11 @@ pub async fn monitor_long_call(transport: Transport) {
 pub async fn monitor_dead_server(transport: Transport) {
     let topic = topic();
     // A listener that takes requests and never answers nor heartbeats: a hung server.
-    let mut listener = transport.driver().listen(&Target::new(&topic).with_server("dead")).await.expect("listen");
+    let mut listener = transport
+        .driver()
+        .listen(&Target::new(&topic).with_server("dead"))
+        .await
+        .expect("listen");
     let swallow = tokio::spawn(async move {
         let mut taken = Vec::new();
         while let Some(message) = listener.next().await {
@@ -529,28 +643,42 @@ pub async fn monitor_dead_server(transport: Transport) {
         .expect_err("dead server");
     assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6), "took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "took {elapsed:?}"
+    );
     swallow.abort();
 }
 
 /// A call to a topic nobody listens on fails fast with `MessageUndeliverable`.
 pub async fn call_to_no_listener_fails_fast(transport: Transport) {
     let started = Instant::now();
-    let err = client(&transport, &topic()).timeout(Duration::from_secs(30)).call(&ctxt(), "whoami", json!({})).await.expect_err("nobody");
+    let err = client(&transport, &topic())
+        .timeout(Duration::from_secs(30))
+        .call(&ctxt(), "whoami", json!({}))
+        .await
+        .expect_err("nobody");
     assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 /// An `at_least_once` cast to a topic nobody listens on is reported, not dropped.
 pub async fn at_least_once_cast_to_no_listener_fails(transport: Transport) {
-    let err = client(&transport, &topic()).at_least_once(true).cast(&ctxt(), "record", json!({})).await.expect_err("nobody");
+    let err = client(&transport, &topic())
+        .at_least_once(true)
+        .cast(&ctxt(), "record", json!({}))
+        .await
+        .expect_err("nobody");
     assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
 }
 
 /// A plain cast returns without any consumer (fire and forget).
 pub async fn cast_does_not_wait_for_consumer(transport: Transport) {
     let started = Instant::now();
-    client(&transport, &topic()).cast(&ctxt(), "record", json!({"value": 1})).await.expect("cast without consumer");
+    client(&transport, &topic())
+        .cast(&ctxt(), "record", json!({"value": 1}))
+        .await
+        .expect("cast without consumer");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -559,10 +687,18 @@ pub async fn late_reply_after_timeout_is_dropped_quietly(transport: Transport) {
     let topic = topic();
     let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
     let client = client(&transport, &topic);
-    let err = client.prepare().timeout(Duration::from_millis(300)).call(&ctxt(), "sleep", json!({"seconds": 0.8})).await.expect_err("late");
+    let err = client
+        .prepare()
+        .timeout(Duration::from_millis(300))
+        .call(&ctxt(), "sleep", json!({"seconds": 0.8}))
+        .await
+        .expect_err("late");
     assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
     tokio::time::sleep(Duration::from_secs(1)).await; // the late reply arrives now
-    assert_eq!(client.call(&ctxt(), "echo", json!({"value": "fresh"})).await.expect("next call"), json!("fresh"));
+    assert_eq!(
+        client.call(&ctxt(), "echo", json!({"value": "fresh"})).await.expect("next call"),
+        json!("fresh")
+    );
     server.shutdown().await;
 }
 
@@ -609,11 +745,18 @@ fn notification(event_type: &str, n: i64) -> JsonMap {
 
 async fn notify(transport: &Transport, topic: &str, priority: &str, message: &JsonMap) {
     let target = Target::new(format!("{topic}.{priority}"));
-    transport.driver().send_notification(&target, &ctxt(), message, true, Retry::Limited(3)).await.expect("notify");
+    transport
+        .driver()
+        .send_notification(&target, &ctxt(), message, true, Retry::Limited(3))
+        .await
+        .expect("notify");
 }
 
 async fn next_payload(listener: &mut Box<dyn crate::Listener>) -> Value {
-    let message = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("notification in time").expect("listener open");
+    let message = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("notification in time")
+        .expect("listener open");
     message.acknowledge().await.expect("ack");
     message.message()["payload"]["n"].clone()
 }
@@ -621,10 +764,17 @@ async fn next_payload(listener: &mut Box<dyn crate::Listener>) -> Value {
 /// A notification reaches a listener with its fields and context intact.
 pub async fn notify_simple(transport: Transport) {
     let topic = topic();
-    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    let mut listener = transport
+        .driver()
+        .listen_for_notifications(&[(Target::new(&topic), "info".into())], None)
+        .await
+        .expect("listen");
     let sent = notification("conformance.simple", 7);
     notify(&transport, &topic, "info", &sent).await;
-    let message = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open");
+    let message = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("in time")
+        .expect("open");
     for key in ["message_id", "publisher_id", "event_type", "priority", "payload", "timestamp"] {
         assert_eq!(message.message()[key], sent[key], "{key}");
     }
@@ -639,7 +789,11 @@ pub async fn notify_store_and_forward(transport: Transport) {
     for n in 0..3 {
         notify(&transport, &topic, "info", &notification("conformance.saf", n)).await;
     }
-    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    let mut listener = transport
+        .driver()
+        .listen_for_notifications(&[(Target::new(&topic), "info".into())], None)
+        .await
+        .expect("listen");
     for n in 0..3 {
         assert_eq!(next_payload(&mut listener).await, json!(n));
     }
@@ -652,9 +806,21 @@ pub async fn notify_pools(transport: Transport) {
     let pool_a = format!("{topic}-pool-a");
     let pool_b = format!("{topic}-pool-b");
     let targets = [(Target::new(&topic), "info".to_string())];
-    let mut a1 = transport.driver().listen_for_notifications(&targets, Some(&pool_a)).await.expect("a1");
-    let mut a2 = transport.driver().listen_for_notifications(&targets, Some(&pool_a)).await.expect("a2");
-    let mut b = transport.driver().listen_for_notifications(&targets, Some(&pool_b)).await.expect("b");
+    let mut a1 = transport
+        .driver()
+        .listen_for_notifications(&targets, Some(&pool_a))
+        .await
+        .expect("a1");
+    let mut a2 = transport
+        .driver()
+        .listen_for_notifications(&targets, Some(&pool_a))
+        .await
+        .expect("a2");
+    let mut b = transport
+        .driver()
+        .listen_for_notifications(&targets, Some(&pool_b))
+        .await
+        .expect("b");
     for n in 0..10 {
         notify(&transport, &topic, "info", &notification("conformance.pools", n)).await;
     }
@@ -682,9 +848,16 @@ pub async fn notify_pools(transport: Transport) {
 /// A requeued notification is delivered again.
 pub async fn notify_requeue(transport: Transport) {
     let topic = topic();
-    let mut listener = transport.driver().listen_for_notifications(&[(Target::new(&topic), "info".into())], None).await.expect("listen");
+    let mut listener = transport
+        .driver()
+        .listen_for_notifications(&[(Target::new(&topic), "info".into())], None)
+        .await
+        .expect("listen");
     notify(&transport, &topic, "info", &notification("conformance.requeue", 42)).await;
-    let first = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open");
+    let first = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("in time")
+        .expect("open");
     first.requeue().await.expect("requeue");
     assert_eq!(next_payload(&mut listener).await, json!(42));
     listener.cleanup().await;

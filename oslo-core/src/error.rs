@@ -141,16 +141,8 @@ pub enum Error {
     Server(String),
 }
 
-fn driver_load_message(
-    driver: &str,
-    reason: &str,
-    available: &[String],
-    hint: &Option<String>,
-) -> String {
-    let mut out = format!(
-        "driver {driver:?}: {reason}; compiled-in drivers: [{}]",
-        available.join(", ")
-    );
+fn driver_load_message(driver: &str, reason: &str, available: &[String], hint: &Option<String>) -> String {
+    let mut out = format!("driver {driver:?}: {reason}; compiled-in drivers: [{}]", available.join(", "));
     if let Some(hint) = hint {
         out.push_str("; ");
         out.push_str(hint);

@@ -171,6 +171,9 @@ mod tests {
 
     #[test]
     fn empty_containers_and_nesting() {
-        assert_eq!(to_string(&json!({"a": {}, "b": [], "c": [[1, 2], {"d": 3}]})).unwrap(), r#"{"a": {}, "b": [], "c": [[1, 2], {"d": 3}]}"#);
+        assert_eq!(
+            to_string(&json!({"a": {}, "b": [], "c": [[1, 2], {"d": 3}]})).unwrap(),
+            r#"{"a": {}, "b": [], "c": [[1, 2], {"d": 3}]}"#
+        );
     }
 }

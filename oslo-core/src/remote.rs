@@ -83,7 +83,9 @@ impl RemoteError {
             match self.exc_type.as_str() {
                 "NoSuchMethod" => {
                     if let Some(method) = self.message.strip_prefix("Endpoint does not support RPC method ") {
-                        return Error::NoSuchMethod { method: method.to_string() };
+                        return Error::NoSuchMethod {
+                            method: method.to_string(),
+                        };
                     }
                 }
                 "UnsupportedVersion" => {
@@ -113,7 +115,6 @@ impl fmt::Display for RemoteError {
         Ok(())
     }
 }
-
 
 /// The error an endpoint handler returns; it travels back to the caller as a remote failure.
 ///
@@ -169,7 +170,11 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         let full = std::any::type_name::<E>();
         let (module, class) = full.rsplit_once("::").unwrap_or(("rust", full));
         // Generic parameters make the split land inside `<...>`; fall back to the whole name.
-        let (module, class) = if class.contains('>') || module.contains('<') { ("rust", full) } else { (module, class) };
+        let (module, class) = if class.contains('>') || module.contains('<') {
+            ("rust", full)
+        } else {
+            (module, class)
+        };
         HandlerError(RemoteError::new(class, module, err.to_string()))
     }
 }
@@ -202,7 +207,11 @@ mod tests {
 
     #[test]
     fn dispatcher_errors_become_typed() {
-        let nsm = RemoteError::new("NoSuchMethod", "oslo_messaging.rpc.dispatcher", "Endpoint does not support RPC method nope");
+        let nsm = RemoteError::new(
+            "NoSuchMethod",
+            "oslo_messaging.rpc.dispatcher",
+            "Endpoint does not support RPC method nope",
+        );
         assert!(matches!(nsm.into_error(), Error::NoSuchMethod { method } if method == "nope"));
         let uv = RemoteError::new(
             "UnsupportedVersion",

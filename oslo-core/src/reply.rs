@@ -161,7 +161,10 @@ mod tests {
             }
             feeder.deliver(Reply::final_reply("m", Ok(Value::from(7))));
         });
-        let value = pending.wait(Some(Duration::from_secs(60)), Some(Duration::from_secs(2)), "q").await.unwrap();
+        let value = pending
+            .wait(Some(Duration::from_secs(60)), Some(Duration::from_secs(2)), "q")
+            .await
+            .unwrap();
         assert_eq!(value, Value::from(7));
         assert!(waiters.is_empty(), "waiter removed");
     }
@@ -171,7 +174,10 @@ mod tests {
         let waiters = ReplyWaiters::new();
         let pending = waiters.register("m");
         let started = Instant::now();
-        let err = pending.wait(Some(Duration::from_secs(60)), Some(Duration::from_secs(2)), "q").await.unwrap_err();
+        let err = pending
+            .wait(Some(Duration::from_secs(60)), Some(Duration::from_secs(2)), "q")
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::MessagingTimeout { .. }));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
@@ -188,7 +194,10 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let err = pending.wait(Some(Duration::from_secs(5)), Some(Duration::from_secs(2)), "q").await.unwrap_err();
+        let err = pending
+            .wait(Some(Duration::from_secs(5)), Some(Duration::from_secs(2)), "q")
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::MessagingTimeout { .. }));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }

@@ -14,7 +14,13 @@ pub const DEFAULT_TRANSPORT_URL: &str = "rabbit://";
 
 /// Driver names this project knows, with the Cargo feature of the `oslo-messaging` crate that
 /// compiles each in. Used to tell a user how to get a driver that is not compiled in.
-pub const KNOWN_DRIVERS: &[(&str, &str)] = &[("rabbit", "rabbit"), ("kombu", "rabbit"), ("amqp", "amqp1"), ("zmq", "zmq"), ("fake", "fake")];
+pub const KNOWN_DRIVERS: &[(&str, &str)] = &[
+    ("rabbit", "rabbit"),
+    ("kombu", "rabbit"),
+    ("amqp", "amqp1"),
+    ("zmq", "zmq"),
+    ("fake", "fake"),
+];
 
 /// Settings that apply to every driver (oslo's `[DEFAULT]` group), plus driver-group options.
 #[derive(Debug, Clone)]
@@ -83,7 +89,10 @@ impl DriverRegistry {
     where
         F: Fn(&TransportUrl, &TransportConfig) -> Result<Arc<dyn Driver>> + Send + Sync + 'static,
     {
-        self.factories.write().expect("registry poisoned").insert(name.to_string(), Arc::new(factory));
+        self.factories
+            .write()
+            .expect("registry poisoned")
+            .insert(name.to_string(), Arc::new(factory));
     }
 
     /// Whether a driver is registered under `name`.
@@ -123,7 +132,12 @@ impl DriverRegistry {
             });
         };
         let driver = factory(&url, &config).map_err(|err| match err {
-            Error::DriverLoadFailure { driver, reason, available, hint } => Error::DriverLoadFailure {
+            Error::DriverLoadFailure {
+                driver,
+                reason,
+                available,
+                hint,
+            } => Error::DriverLoadFailure {
                 driver,
                 reason,
                 available: if available.is_empty() { self.drivers() } else { available },

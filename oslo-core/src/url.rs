@@ -144,10 +144,12 @@ impl TransportUrl {
             host.hostname = (!name.is_empty()).then(|| name.to_string());
             host.port = match port_text {
                 None | Some("") => None,
-                Some(port) => Some(
-                    port.parse::<u16>()
-                        .map_err(|_| invalid(&format!("invalid port {port:?} for host {:?}", host.hostname.as_deref().unwrap_or(""))))?,
-                ),
+                Some(port) => Some(port.parse::<u16>().map_err(|_| {
+                    invalid(&format!(
+                        "invalid port {port:?} for host {:?}",
+                        host.hostname.as_deref().unwrap_or("")
+                    ))
+                })?),
             };
             hosts.push(host);
         }
@@ -157,7 +159,12 @@ impl TransportUrl {
             tracing::warn!(url = %redact_raw(text), "All hosts must be set with username/password or not");
         }
 
-        Ok(TransportUrl { transport, virtual_host, hosts, query })
+        Ok(TransportUrl {
+            transport,
+            virtual_host,
+            hosts,
+            query,
+        })
     }
 
     /// The driver name: the scheme up to the first `+` (`zmq` for `zmq+redis://`).
@@ -193,7 +200,11 @@ impl TransportUrl {
                     }
                     if let Some(pass) = &host.password {
                         netloc.push(':');
-                        netloc.push_str(&if with_passwords { quote(pass.expose(), "") } else { "***".to_string() });
+                        netloc.push_str(&if with_passwords {
+                            quote(pass.expose(), "")
+                        } else {
+                            "***".to_string()
+                        });
                     }
                     netloc.push('@');
                 }
@@ -216,7 +227,11 @@ impl TransportUrl {
         }
         if !self.query.is_empty() {
             out.push('?');
-            let pairs: Vec<String> = self.query.iter().map(|(k, v)| format!("{}={}", quote_plus(k), quote_plus(v))).collect();
+            let pairs: Vec<String> = self
+                .query
+                .iter()
+                .map(|(k, v)| format!("{}={}", quote_plus(k), quote_plus(v)))
+                .collect();
             out.push_str(&pairs.join("&"));
         }
         out
@@ -351,37 +366,84 @@ mod tests {
             ("virtual_host_slash", "foo:////", Some("/"), vec![]),
             ("virtual_host", "foo:///bar", Some("bar"), vec![]),
             ("host", "foo://host/bar", Some("bar"), vec![host(Some("host"), None, None, None)]),
-            ("ipv6_host", "foo://[ffff::1]/bar", Some("bar"), vec![host(Some("ffff::1"), None, None, None)]),
-            ("port", "foo://host:1234/bar", Some("bar"), vec![host(Some("host"), Some(1234), None, None)]),
-            ("ipv6_port", "foo://[ffff::1]:1234/bar", Some("bar"), vec![host(Some("ffff::1"), Some(1234), None, None)]),
-            ("username", "foo://u@host:1234/bar", Some("bar"), vec![host(Some("host"), Some(1234), Some("u"), None)]),
-            ("password", "foo://u:p@host:1234/bar", Some("bar"), vec![host(Some("host"), Some(1234), Some("u"), Some("p"))]),
-            ("creds_no_host", "foo://u:p@/bar", Some("bar"), vec![host(None, None, Some("u"), Some("p"))]),
+            (
+                "ipv6_host",
+                "foo://[ffff::1]/bar",
+                Some("bar"),
+                vec![host(Some("ffff::1"), None, None, None)],
+            ),
+            (
+                "port",
+                "foo://host:1234/bar",
+                Some("bar"),
+                vec![host(Some("host"), Some(1234), None, None)],
+            ),
+            (
+                "ipv6_port",
+                "foo://[ffff::1]:1234/bar",
+                Some("bar"),
+                vec![host(Some("ffff::1"), Some(1234), None, None)],
+            ),
+            (
+                "username",
+                "foo://u@host:1234/bar",
+                Some("bar"),
+                vec![host(Some("host"), Some(1234), Some("u"), None)],
+            ),
+            (
+                "password",
+                "foo://u:p@host:1234/bar",
+                Some("bar"),
+                vec![host(Some("host"), Some(1234), Some("u"), Some("p"))],
+            ),
+            (
+                "creds_no_host",
+                "foo://u:p@/bar",
+                Some("bar"),
+                vec![host(None, None, Some("u"), Some("p"))],
+            ),
             (
                 "multi_host",
                 "foo://u:p@host1:1234,host2:4321/bar",
                 Some("bar"),
-                vec![host(Some("host1"), Some(1234), Some("u"), Some("p")), host(Some("host2"), Some(4321), None, None)],
+                vec![
+                    host(Some("host1"), Some(1234), Some("u"), Some("p")),
+                    host(Some("host2"), Some(4321), None, None),
+                ],
             ),
             (
                 "multi_host_partial_creds",
                 "foo://u:p@host1,host2/bar",
                 Some("bar"),
-                vec![host(Some("host1"), None, Some("u"), Some("p")), host(Some("host2"), None, None, None)],
+                vec![
+                    host(Some("host1"), None, Some("u"), Some("p")),
+                    host(Some("host2"), None, None, None),
+                ],
             ),
             (
                 "multi_creds",
                 "foo://u1:p1@host1:1234,u2:p2@host2:4321/bar",
                 Some("bar"),
-                vec![host(Some("host1"), Some(1234), Some("u1"), Some("p1")), host(Some("host2"), Some(4321), Some("u2"), Some("p2"))],
+                vec![
+                    host(Some("host1"), Some(1234), Some("u1"), Some("p1")),
+                    host(Some("host2"), Some(4321), Some("u2"), Some("p2")),
+                ],
             ),
             (
                 "multi_creds_ipv6",
                 "foo://u1:p1@[ffff::1]:1234,u2:p2@[ffff::2]:4321/bar",
                 Some("bar"),
-                vec![host(Some("ffff::1"), Some(1234), Some("u1"), Some("p1")), host(Some("ffff::2"), Some(4321), Some("u2"), Some("p2"))],
+                vec![
+                    host(Some("ffff::1"), Some(1234), Some("u1"), Some("p1")),
+                    host(Some("ffff::2"), Some(4321), Some("u2"), Some("p2")),
+                ],
             ),
-            ("quoting", "foo://u%24:p%26@host:1234/%24", Some("$"), vec![host(Some("host"), Some(1234), Some("u$"), Some("p&"))]),
+            (
+                "quoting",
+                "foo://u%24:p%26@host:1234/%24",
+                Some("$"),
+                vec![host(Some("host"), Some(1234), Some("u$"), Some("p&"))],
+            ),
         ];
         for (name, text, vhost, hosts) in cases {
             let url = TransportUrl::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -404,8 +466,14 @@ mod tests {
             (make(None, vec![], &[]), "testtransport:///"),
             (make(Some("/vhost"), vec![], &[]), "testtransport:////vhost"),
             (make(Some("vhost"), vec![], &[("foo", "bar")]), "testtransport:///vhost?foo=bar"),
-            (make(None, vec![host(Some("host"), Some(10), Some("bob"), Some("secret"))], &[]), "testtransport://bob:secret@host:10/"),
-            (make(None, vec![host(Some("ffff::1"), Some(10), Some("bob"), Some("secret"))], &[]), "testtransport://bob:secret@[ffff::1]:10/"),
+            (
+                make(None, vec![host(Some("host"), Some(10), Some("bob"), Some("secret"))], &[]),
+                "testtransport://bob:secret@host:10/",
+            ),
+            (
+                make(None, vec![host(Some("ffff::1"), Some(10), Some("bob"), Some("secret"))], &[]),
+                "testtransport://bob:secret@[ffff::1]:10/",
+            ),
             (
                 make(
                     Some("virtual_host"),
@@ -417,11 +485,18 @@ mod tests {
                 ),
                 "testtransport://bob1:secret1@host1:10,bob2:secret2@host2:20/virtual_host",
             ),
-            (make(Some("$"), vec![host(Some("host"), Some(10), Some("b$ob"), Some("s&ecret"))], &[]), "testtransport://b%24ob:s%26ecret@host:10/%24"),
+            (
+                make(Some("$"), vec![host(Some("host"), Some(10), Some("b$ob"), Some("s&ecret"))], &[]),
+                "testtransport://b%24ob:s%26ecret@host:10/%24",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(url.expose_secrets(), expected);
-            assert_eq!(TransportUrl::parse(expected).unwrap().expose_secrets(), expected, "re-parse of {expected}");
+            assert_eq!(
+                TransportUrl::parse(expected).unwrap().expose_secrets(),
+                expected,
+                "re-parse of {expected}"
+            );
         }
     }
 

@@ -40,8 +40,18 @@ fn requests_and_notifications_reencode_byte_for_byte() {
             reply_q: decoded.reply_q.as_deref().expect("reply_q with msg_id"),
             call_monitor_timeout: timeout,
         });
-        let inner = codec::encode_request(&decoded.message, &decoded.context, call.as_ref(), decoded.unique_id.as_deref().expect("unique id"));
-        let ours = if enveloped { codec::encode_envelope(&inner) } else { codec::encode_plain(&inner) }.unwrap();
+        let inner = codec::encode_request(
+            &decoded.message,
+            &decoded.context,
+            call.as_ref(),
+            decoded.unique_id.as_deref().expect("unique id"),
+        );
+        let ours = if enveloped {
+            codec::encode_envelope(&inner)
+        } else {
+            codec::encode_plain(&inner)
+        }
+        .unwrap();
         assert_eq!(String::from_utf8(ours).unwrap(), body, "{label}");
         assert_eq!(entry["properties"]["content_type"], "application/json", "{label}");
     }
@@ -70,10 +80,20 @@ fn captured_failures_become_typed_errors() {
     let replies = capture()["replies"].clone();
     let failure_of = |label: &str| {
         let body = replies[label][0]["body"].as_str().unwrap();
-        Reply::from_map(codec::decode_body(body.as_bytes()).unwrap()).unwrap().failure.expect("failure")
+        Reply::from_map(codec::decode_body(body.as_bytes()).unwrap())
+            .unwrap()
+            .failure
+            .expect("failure")
     };
     let value_error = failure_of("reply to fail (ValueError failure)");
-    assert_eq!((value_error.exc_type.as_str(), value_error.module.as_str(), value_error.message.as_str()), ("ValueError", "builtins", "boom"));
+    assert_eq!(
+        (
+            value_error.exc_type.as_str(),
+            value_error.module.as_str(),
+            value_error.message.as_str()
+        ),
+        ("ValueError", "builtins", "boom")
+    );
     assert!(value_error.traceback().contains("raise ValueError(message)"));
     assert!(matches!(
         failure_of("reply to nonexistent method (NoSuchMethod failure)").into_error(),
@@ -106,7 +126,10 @@ fn our_call_request_matches_python_for_the_same_input() {
         call_monitor_timeout: None,
     };
     let inner = codec::encode_request(&message.to_map(), &context, Some(&call), decoded["_unique_id"].as_str().unwrap());
-    assert_eq!(String::from_utf8(codec::encode_envelope(&inner).unwrap()).unwrap(), entry["body"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(codec::encode_envelope(&inner).unwrap()).unwrap(),
+        entry["body"].as_str().unwrap()
+    );
 
     // And the call-monitor variant carries `_timeout: 2` as an integer.
     let sleep = &capture["captures"]["call sleep with call_monitor_timeout=2"][0];

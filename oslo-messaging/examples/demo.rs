@@ -20,7 +20,10 @@ struct Add {
 fn endpoint(name: &'static str, casts: Arc<AtomicUsize>) -> Endpoint {
     Endpoint::new()
         .with_target(Target::endpoint(None, Some("1.1")))
-        .method("add", |_ctxt: JsonMap, args: Add| async move { Ok::<_, HandlerError>(args.a + args.b) })
+        .method(
+            "add",
+            |_ctxt: JsonMap, args: Add| async move { Ok::<_, HandlerError>(args.a + args.b) },
+        )
         .method("whoami", move |ctxt: JsonMap, _args: Value| async move {
             Ok::<_, HandlerError>(json!({"server": name, "request_id": ctxt.get("request_id")}))
         })
@@ -46,7 +49,9 @@ fn endpoint(name: &'static str, casts: Arc<AtomicUsize>) -> Endpoint {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+        .init();
 
     let transport = get_transport("fake://demo")?;
     println!("transport: {}", transport.url());
@@ -72,20 +77,35 @@ async fn main() -> Result<(), Error> {
     println!("call whoami on calc-2      -> {who}");
 
     client.cast(&ctxt, "record", json!({"kind": "cast"})).await?;
-    client.prepare().fanout(true).cast(&ctxt, "record", json!({"kind": "fanout"})).await?;
+    client
+        .prepare()
+        .fanout(true)
+        .cast(&ctxt, "record", json!({"kind": "fanout"}))
+        .await?;
     // A call after the casts returns once they were processed (one client, in order, per server).
     for server in ["calc-1", "calc-2"] {
         client.prepare().server(server).call(&ctxt, "whoami", json!({})).await?;
     }
-    println!("cast + fanout delivered    -> {} deliveries (1 cast + 2 fanout)", casts.load(Ordering::SeqCst));
+    println!(
+        "cast + fanout delivered    -> {} deliveries (1 cast + 2 fanout)",
+        casts.load(Ordering::SeqCst)
+    );
 
-    match client.prepare().timeout(Duration::from_millis(300)).call(&ctxt, "slow", json!({})).await {
+    match client
+        .prepare()
+        .timeout(Duration::from_millis(300))
+        .call(&ctxt, "slow", json!({}))
+        .await
+    {
         Err(err @ Error::MessagingTimeout { .. }) => println!("call slow (300 ms timeout) -> {err}"),
         other => println!("call slow: unexpected {other:?}"),
     }
 
     match client.call(&ctxt, "divide", json!({"a": 1, "b": 0})).await {
-        Err(Error::Remote(remote)) => println!("call divide(1, 0)          -> remote {}: {} (module {})", remote.exc_type, remote.message, remote.module),
+        Err(Error::Remote(remote)) => println!(
+            "call divide(1, 0)          -> remote {}: {} (module {})",
+            remote.exc_type, remote.message, remote.module
+        ),
         other => println!("call divide: unexpected {other:?}"),
     }
 

@@ -85,7 +85,9 @@ mod tests {
     #[test]
     fn unknown_scheme_lists_drivers_and_feature() {
         let err = get_transport("nats://127.0.0.1:4222/").unwrap_err();
-        let Error::DriverLoadFailure { driver, available, .. } = &err else { panic!("{err}") };
+        let Error::DriverLoadFailure { driver, available, .. } = &err else {
+            panic!("{err}")
+        };
         assert_eq!(driver, "nats");
         #[cfg(feature = "fake")]
         assert!(available.contains(&"fake".to_string()), "{err}");

@@ -7,7 +7,11 @@ use oslo_core::conformance;
 use oslo_messaging::{get_transport, Transport};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn trials_for(driver: &'static str, make_url: impl Fn(&str) -> String + Clone + Send + 'static) -> Vec<Trial> {
@@ -15,7 +19,9 @@ fn trials_for(driver: &'static str, make_url: impl Fn(&str) -> String + Clone + 
     let capabilities = match get_transport(&make_url("capabilities")) {
         Ok(transport) => Some(transport.capabilities()),
         Err(err) => {
-            return vec![Trial::test(format!("{driver}::get_transport"), move || Err(format!("cannot build the transport: {err}").into()))];
+            return vec![Trial::test(format!("{driver}::get_transport"), move || {
+                Err(format!("cannot build the transport: {err}").into())
+            })];
         }
     };
     conformance::cases()
@@ -47,7 +53,7 @@ fn main() {
     // Each case gets its own in-memory bus.
     let mut trials = trials_for("fake", |case| format!("fake://conformance-{case}"));
     for (driver, variable) in oslo_tests::BROKERS {
-        match oslo_tests::broker_url(variable) {
+        match oslo_tests::broker_url(driver, variable) {
             Some(url) => trials.extend(trials_for(driver, move |_| url.clone())),
             None => trials.push(Trial::test(format!("{driver}::suite ({variable} not set)"), || Ok(())).with_ignored_flag(true)),
         }

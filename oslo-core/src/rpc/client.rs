@@ -170,7 +170,12 @@ impl RpcClient {
             retry: self.retry,
             at_least_once: self.at_least_once,
         };
-        let span = tracing::debug_span!("rpc.call", topic = self.target.topic.as_deref(), server = self.target.server.as_deref(), method);
+        let span = tracing::debug_span!(
+            "rpc.call",
+            topic = self.target.topic.as_deref(),
+            server = self.target.server.as_deref(),
+            method
+        );
         let result = self
             .transport
             .driver()
@@ -199,8 +204,17 @@ impl RpcClient {
             retry: self.retry,
             at_least_once: self.at_least_once,
         };
-        let span = tracing::debug_span!("rpc.cast", topic = self.target.topic.as_deref(), fanout = self.target.fanout, method);
-        self.transport.driver().send(&self.target, &context, &message, &options).instrument(span).await?;
+        let span = tracing::debug_span!(
+            "rpc.cast",
+            topic = self.target.topic.as_deref(),
+            fanout = self.target.fanout,
+            method
+        );
+        self.transport
+            .driver()
+            .send(&self.target, &context, &message, &options)
+            .instrument(span)
+            .await?;
         Ok(())
     }
 

@@ -81,7 +81,10 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<&String> = self.methods.keys().collect();
         names.sort();
-        f.debug_struct("Endpoint").field("target", &self.target).field("methods", &names).finish()
+        f.debug_struct("Endpoint")
+            .field("target", &self.target)
+            .field("methods", &names)
+            .finish()
     }
 }
 
@@ -190,7 +193,13 @@ impl RpcDispatcher {
         let args = match message.get("args") {
             None | Some(Value::Null) => Value::Object(JsonMap::new()),
             Some(Value::Object(args)) => Value::Object(args.clone()),
-            Some(other) => return Err(RemoteError::new("TypeError", "builtins", format!("args must be a dict, got {other}"))),
+            Some(other) => {
+                return Err(RemoteError::new(
+                    "TypeError",
+                    "builtins",
+                    format!("args must be a dict, got {other}"),
+                ))
+            }
         };
 
         let mut namespace_and_version_matched = false;
@@ -212,7 +221,10 @@ impl RpcDispatcher {
         let (class, text) = if namespace_and_version_matched {
             ("NoSuchMethod", format!("Endpoint does not support RPC method {method}"))
         } else {
-            ("UnsupportedVersion", format!("Endpoint does not support RPC version {version}. Attempted method: {method}"))
+            (
+                "UnsupportedVersion",
+                format!("Endpoint does not support RPC version {version}. Attempted method: {method}"),
+            )
         };
         let mut error = RemoteError::new(class, DISPATCHER_MODULE, text);
         error.tb = synthetic_traceback(method, &error);
@@ -245,7 +257,9 @@ impl RpcDispatcher {
             other => other,
         };
         // A panicking handler must not take the server down or leave the caller hanging.
-        let outcome = std::panic::AssertUnwindSafe((entry.handler)(context.clone(), args)).catch_unwind().await;
+        let outcome = std::panic::AssertUnwindSafe((entry.handler)(context.clone(), args))
+            .catch_unwind()
+            .await;
         let result = match outcome {
             Ok(Ok(value)) => value,
             Ok(Err(error)) => return Err(fail(error.into_remote())),
@@ -256,7 +270,11 @@ impl RpcDispatcher {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "handler panicked".into());
                 tracing::error!(method, panic = %text, "RPC handler panicked");
-                return Err(fail(RemoteError::new("RuntimeError", "builtins", format!("handler panicked: {text}"))));
+                return Err(fail(RemoteError::new(
+                    "RuntimeError",
+                    "builtins",
+                    format!("handler panicked: {text}"),
+                )));
             }
         };
         self.serializer
@@ -296,21 +314,41 @@ mod tests {
     fn echo_endpoint(target: Target) -> Endpoint {
         Endpoint::new()
             .with_target(target)
-            .method("echo", |_c, args: JsonMap| async move { Ok::<_, HandlerError>(Value::Object(args)) })
+            .method(
+                "echo",
+                |_c, args: JsonMap| async move { Ok::<_, HandlerError>(Value::Object(args)) },
+            )
             .method("_private", |_c, _a: Value| async move { Ok::<_, HandlerError>("secret") })
     }
 
     #[tokio::test]
     async fn version_and_namespace_rules() {
-        let d = dispatcher(vec![echo_endpoint(Target::endpoint(Some("ns"), Some("1.3")))], AccessPolicy::Default);
-        let ok = d.dispatch(JsonMap::new(), &msg(json!({"method": "echo", "args": {"x": 1}, "namespace": "ns", "version": "1.2"}))).await;
+        let d = dispatcher(
+            vec![echo_endpoint(Target::endpoint(Some("ns"), Some("1.3")))],
+            AccessPolicy::Default,
+        );
+        let ok = d
+            .dispatch(
+                JsonMap::new(),
+                &msg(json!({"method": "echo", "args": {"x": 1}, "namespace": "ns", "version": "1.2"})),
+            )
+            .await;
         assert_eq!(ok.unwrap(), json!({"x": 1}));
-        let too_new = d.dispatch(JsonMap::new(), &msg(json!({"method": "echo", "namespace": "ns", "version": "1.4"}))).await.unwrap_err();
+        let too_new = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "echo", "namespace": "ns", "version": "1.4"})))
+            .await
+            .unwrap_err();
         assert_eq!(too_new.exc_type, "UnsupportedVersion");
         assert_eq!(too_new.message, "Endpoint does not support RPC version 1.4. Attempted method: echo");
-        let wrong_ns = d.dispatch(JsonMap::new(), &msg(json!({"method": "echo", "version": "1.0"}))).await.unwrap_err();
+        let wrong_ns = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "echo", "version": "1.0"})))
+            .await
+            .unwrap_err();
         assert_eq!(wrong_ns.exc_type, "UnsupportedVersion");
-        let missing = d.dispatch(JsonMap::new(), &msg(json!({"method": "nope", "namespace": "ns"}))).await.unwrap_err();
+        let missing = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "nope", "namespace": "ns"})))
+            .await
+            .unwrap_err();
         assert_eq!(missing.exc_type, "NoSuchMethod");
         assert_eq!(missing.module, "oslo_messaging.rpc.dispatcher");
         assert_eq!(missing.message, "Endpoint does not support RPC method nope");
@@ -320,7 +358,10 @@ mod tests {
     async fn endpoint_without_target_accepts_only_1_0() {
         let d = dispatcher(vec![echo_endpoint(Target::default())], AccessPolicy::Default);
         assert!(d.dispatch(JsonMap::new(), &msg(json!({"method": "echo"}))).await.is_ok());
-        let err = d.dispatch(JsonMap::new(), &msg(json!({"method": "echo", "version": "1.1"}))).await.unwrap_err();
+        let err = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "echo", "version": "1.1"})))
+            .await
+            .unwrap_err();
         assert_eq!(err.exc_type, "UnsupportedVersion");
     }
 
@@ -328,15 +369,28 @@ mod tests {
     async fn access_policies() {
         let private = msg(json!({"method": "_private"}));
         let default = dispatcher(vec![echo_endpoint(Target::default())], AccessPolicy::Default);
-        assert_eq!(default.dispatch(JsonMap::new(), &private).await.unwrap_err().exc_type, "NoSuchMethod");
+        assert_eq!(
+            default.dispatch(JsonMap::new(), &private).await.unwrap_err().exc_type,
+            "NoSuchMethod"
+        );
         let legacy = dispatcher(vec![echo_endpoint(Target::default())], AccessPolicy::Legacy);
         assert_eq!(legacy.dispatch(JsonMap::new(), &private).await.unwrap(), json!("secret"));
         let explicit_ep = Endpoint::new()
             .method("hidden", |_c, _a: Value| async move { Ok::<_, HandlerError>(1) })
             .exposed_method("shown", |_c, _a: Value| async move { Ok::<_, HandlerError>(2) });
         let explicit = dispatcher(vec![explicit_ep], AccessPolicy::Explicit);
-        assert_eq!(explicit.dispatch(JsonMap::new(), &msg(json!({"method": "shown"}))).await.unwrap(), json!(2));
-        assert_eq!(explicit.dispatch(JsonMap::new(), &msg(json!({"method": "hidden"}))).await.unwrap_err().exc_type, "NoSuchMethod");
+        assert_eq!(
+            explicit.dispatch(JsonMap::new(), &msg(json!({"method": "shown"}))).await.unwrap(),
+            json!(2)
+        );
+        assert_eq!(
+            explicit
+                .dispatch(JsonMap::new(), &msg(json!({"method": "hidden"})))
+                .await
+                .unwrap_err()
+                .exc_type,
+            "NoSuchMethod"
+        );
     }
 
     #[tokio::test]
@@ -348,8 +402,18 @@ mod tests {
             .with_target(Target::endpoint(Some("new"), None))
             .method("who", |_c, _a: Value| async move { Ok::<_, HandlerError>("second") });
         let d = dispatcher(vec![first, second], AccessPolicy::Default);
-        assert_eq!(d.dispatch(JsonMap::new(), &msg(json!({"method": "who", "namespace": "old"}))).await.unwrap(), json!("first"));
-        assert_eq!(d.dispatch(JsonMap::new(), &msg(json!({"method": "who", "namespace": "new"}))).await.unwrap(), json!("first"));
+        assert_eq!(
+            d.dispatch(JsonMap::new(), &msg(json!({"method": "who", "namespace": "old"})))
+                .await
+                .unwrap(),
+            json!("first")
+        );
+        assert_eq!(
+            d.dispatch(JsonMap::new(), &msg(json!({"method": "who", "namespace": "new"})))
+                .await
+                .unwrap(),
+            json!("first")
+        );
     }
 
     #[tokio::test]
@@ -361,24 +425,42 @@ mod tests {
         }
         let ep = Endpoint::new()
             .method("add", |_c, args: Add| async move { Ok::<_, HandlerError>(args.a + args.b) })
-            .method("boom", |_c, _a: Value| async move { Err::<(), _>(HandlerError::new("ValueError", "boom")) })
+            .method("boom", |_c, _a: Value| async move {
+                Err::<(), _>(HandlerError::new("ValueError", "boom"))
+            })
             .method("panic", |_c, _a: Value| async move {
                 if true {
                     panic!("kaboom");
                 }
                 Ok::<_, HandlerError>(())
             })
-            .method("ctx", |ctxt: JsonMap, _a: Value| async move { Ok::<_, HandlerError>(Value::Object(ctxt)) });
+            .method("ctx", |ctxt: JsonMap, _a: Value| async move {
+                Ok::<_, HandlerError>(Value::Object(ctxt))
+            });
         let d = dispatcher(vec![ep], AccessPolicy::Default);
-        assert_eq!(d.dispatch(JsonMap::new(), &msg(json!({"method": "add", "args": {"a": 2, "b": 3}}))).await.unwrap(), json!(5));
-        let bad = d.dispatch(JsonMap::new(), &msg(json!({"method": "add", "args": {"a": "x"}}))).await.unwrap_err();
+        assert_eq!(
+            d.dispatch(JsonMap::new(), &msg(json!({"method": "add", "args": {"a": 2, "b": 3}})))
+                .await
+                .unwrap(),
+            json!(5)
+        );
+        let bad = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "add", "args": {"a": "x"}})))
+            .await
+            .unwrap_err();
         assert_eq!(bad.exc_type, "TypeError");
         let boom = d.dispatch(JsonMap::new(), &msg(json!({"method": "boom"}))).await.unwrap_err();
-        assert_eq!((boom.exc_type.as_str(), boom.module.as_str(), boom.message.as_str()), ("ValueError", "builtins", "boom"));
+        assert_eq!(
+            (boom.exc_type.as_str(), boom.module.as_str(), boom.message.as_str()),
+            ("ValueError", "builtins", "boom")
+        );
         assert!(boom.tb.last().unwrap().contains("ValueError: boom"));
         let panic = d.dispatch(JsonMap::new(), &msg(json!({"method": "panic"}))).await.unwrap_err();
         assert!(panic.message.contains("kaboom"));
         let ctx = msg(json!({"user": "u"}));
-        assert_eq!(d.dispatch(ctx.clone(), &msg(json!({"method": "ctx"}))).await.unwrap(), Value::Object(ctx));
+        assert_eq!(
+            d.dispatch(ctx.clone(), &msg(json!({"method": "ctx"}))).await.unwrap(),
+            Value::Object(ctx)
+        );
     }
 }

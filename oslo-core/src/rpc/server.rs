@@ -71,9 +71,20 @@ impl RpcServerBuilder {
         let listener = self.transport.driver().listen(&self.target).await?;
         let (stop_sender, stop_receiver) = watch::channel(false);
         let (stopped_sender, stopped_receiver) = oneshot::channel();
-        let span = tracing::info_span!("rpc.server", topic = self.target.topic.as_deref(), server = self.target.server.as_deref());
+        let span = tracing::info_span!(
+            "rpc.server",
+            topic = self.target.topic.as_deref(),
+            server = self.target.server.as_deref()
+        );
         let task = tokio::spawn(
-            serve(listener, dispatcher, Arc::new(Semaphore::new(self.executor_pool_size)), stop_receiver, stopped_sender).instrument(span),
+            serve(
+                listener,
+                dispatcher,
+                Arc::new(Semaphore::new(self.executor_pool_size)),
+                stop_receiver,
+                stopped_sender,
+            )
+            .instrument(span),
         );
         Ok(RpcServer {
             target: self.target,
@@ -205,11 +216,19 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher) {
         tracing::warn!(error = %err, "failed to acknowledge an RPC request; dropping it");
         return;
     }
-    let method = message.message().get("method").and_then(Value::as_str).unwrap_or("None").to_string();
+    let method = message
+        .message()
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("None")
+        .to_string();
     let heartbeat = start_call_monitor(&*message);
     let outcome = async {
         let span = tracing::debug_span!("rpc.dispatch", method = %method);
-        dispatcher.dispatch(message.context().clone(), message.message()).instrument(span).await
+        dispatcher
+            .dispatch(message.context().clone(), message.message())
+            .instrument(span)
+            .await
     };
     let outcome = match heartbeat {
         Some(interval) => run_with_heartbeats(&*message, interval, outcome).await,
