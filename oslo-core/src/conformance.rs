@@ -24,12 +24,15 @@ use crate::rpc::{Endpoint, RpcClient, RpcServer};
 use crate::target::Target;
 use crate::transport::Transport;
 
+/// A capability a case needs: its name and how to read it from [`Capabilities`].
+pub type Requirement = (&'static str, fn(&Capabilities) -> bool);
+
 /// One conformance check.
 pub struct Case {
     /// Test name (oslo's functional test name where one exists).
     pub name: &'static str,
     /// The capability the case needs, if any (the runner skips the case without it).
-    pub requires: Option<(&'static str, fn(&Capabilities) -> bool)>,
+    pub requires: Option<Requirement>,
     /// The check; panics on failure.
     pub run: fn(Transport) -> BoxFuture<'static, ()>,
 }
