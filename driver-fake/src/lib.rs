@@ -60,6 +60,14 @@ pub fn register(registry: &DriverRegistry) {
     }
 }
 
+/// Put raw `body` bytes on queue `queue` of `exchange` on bus `bus` (the host of a
+/// `fake://<bus>` URL), as a misbehaving publisher would: for testing how servers and
+/// listeners cope with malformed messages. RPC servers listen on queues `<topic>` and
+/// `<topic>.<server>`; the default exchange is `openstack`.
+pub fn inject_raw(bus: &str, exchange: &str, queue: &str, body: Vec<u8>) {
+    Bus::named(bus).queue(exchange, queue).push(body);
+}
+
 /// The in-memory driver. Drivers built for the same bus name share messages.
 #[derive(Debug)]
 pub struct FakeDriver {
