@@ -101,6 +101,15 @@ pub fn cases() -> Vec<Case> {
         case!(notify_store_and_forward, store_and_forward),
         case!(notify_pools, notification_pools),
         case!(notify_requeue, requeue),
+        case!(notifier_listener_simple, notifications),
+        case!(notifier_multiple_topics, notifications),
+        case!(notifier_independent_topics, notifications),
+        case!(notifier_all_priorities, notifications),
+        case!(notifier_filter, notifications),
+        case!(notifier_store_and_forward, store_and_forward),
+        case!(notifier_listener_pools, notification_pools),
+        case!(notifier_listener_requeue, requeue),
+        case!(notifier_batch, notifications),
     ]
 }
 
@@ -864,4 +873,263 @@ pub async fn notify_requeue(transport: Transport) {
     first.requeue().await.expect("requeue");
     assert_eq!(next_payload(&mut listener).await, json!(42));
     listener.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifier / NotificationListener cases (oslo's functional notify tests)
+
+use crate::notify::{Notification, NotificationEndpoint, NotificationFilter, NotificationListener, NotificationResult, Notifier, Priority};
+
+/// Collects what a listener endpoint received.
+#[derive(Clone, Default)]
+struct Inbox(Arc<Mutex<Vec<Notification>>>);
+
+impl Inbox {
+    fn all(&self) -> Vec<Notification> {
+        self.0.lock().unwrap().clone()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn endpoint(&self, priorities: &[Priority]) -> NotificationEndpoint {
+        let mut endpoint = NotificationEndpoint::new();
+        for priority in priorities {
+            let inbox = self.clone();
+            endpoint = endpoint.on(*priority, move |n| {
+                let inbox = inbox.clone();
+                async move {
+                    inbox.0.lock().unwrap().push(n);
+                    NotificationResult::Handled
+                }
+            });
+        }
+        endpoint
+    }
+}
+
+async fn start_listener(
+    transport: &Transport,
+    topics: &[&str],
+    endpoint: NotificationEndpoint,
+    pool: Option<&str>,
+) -> NotificationListener {
+    let mut builder = NotificationListener::builder(transport.clone(), topics.iter().map(|t| Target::new(*t)).collect()).endpoint(endpoint);
+    if let Some(pool) = pool {
+        builder = builder.pool(pool);
+    }
+    builder.start().await.expect("listener starts")
+}
+
+fn notifier(transport: &Transport, topics: &[&str]) -> Notifier {
+    Notifier::new(transport.clone())
+        .publisher_id("conformance.host1")
+        .topics(topics.iter().copied())
+        .retry(Retry::Limited(3))
+}
+
+/// A notification reaches the listener with every field, and the context redacted.
+pub async fn notifier_listener_simple(transport: Transport) {
+    let topic = topic();
+    let inbox = Inbox::default();
+    let listener = start_listener(&transport, &[&topic], inbox.endpoint(&[Priority::Info]), None).await;
+    let context = crate::context(json!({"user_id": "u1", "auth_token": "SECRET-TOKEN", "request_id": "req-n"}));
+    notifier(&transport, &[&topic])
+        .info(&context, "conformance.created", json!({"id": 7, "name": "ünï"}))
+        .await
+        .expect("notify");
+    assert!(eventually(Duration::from_secs(10), || inbox.len() == 1).await, "received");
+    let got = &inbox.all()[0];
+    assert_eq!(got.publisher_id, "conformance.host1");
+    assert_eq!(got.event_type, "conformance.created");
+    assert_eq!(got.priority, Priority::Info);
+    assert_eq!(got.payload, json!({"id": 7, "name": "ünï"}));
+    assert_eq!(got.metadata.message_id.len(), 36, "dashed uuid: {}", got.metadata.message_id);
+    assert!(got.metadata.timestamp.len() >= 19, "{}", got.metadata.timestamp);
+    assert_eq!(got.context["user_id"], json!("u1"));
+    assert!(got.context["auth_token"].is_null(), "secrets are redacted: {:?}", got.context);
+    listener.shutdown().await;
+}
+
+/// A notifier with two topics reaches listeners of each.
+pub async fn notifier_multiple_topics(transport: Transport) {
+    let (a, b) = (topic(), topic());
+    let (inbox_a, inbox_b) = (Inbox::default(), Inbox::default());
+    let la = start_listener(&transport, &[&a], inbox_a.endpoint(&[Priority::Warn]), None).await;
+    let lb = start_listener(&transport, &[&b], inbox_b.endpoint(&[Priority::Warn]), None).await;
+    notifier(&transport, &[&a, &b])
+        .warn(&ctxt(), "conformance.both", json!({}))
+        .await
+        .expect("notify");
+    assert!(eventually(Duration::from_secs(10), || inbox_a.len() == 1 && inbox_b.len() == 1).await);
+    la.shutdown().await;
+    lb.shutdown().await;
+}
+
+/// Listeners see only their own topics.
+pub async fn notifier_independent_topics(transport: Transport) {
+    let (a, b) = (topic(), topic());
+    let (inbox_a, inbox_b) = (Inbox::default(), Inbox::default());
+    let la = start_listener(&transport, &[&a], inbox_a.endpoint(&[Priority::Info]), None).await;
+    let lb = start_listener(&transport, &[&b], inbox_b.endpoint(&[Priority::Info]), None).await;
+    notifier(&transport, &[&a])
+        .info(&ctxt(), "only.a", json!({"n": 1}))
+        .await
+        .expect("a");
+    notifier(&transport, &[&b])
+        .info(&ctxt(), "only.b", json!({"n": 2}))
+        .await
+        .expect("b");
+    assert!(eventually(Duration::from_secs(10), || inbox_a.len() == 1 && inbox_b.len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(inbox_a.all()[0].event_type, "only.a");
+    assert_eq!(inbox_b.all()[0].event_type, "only.b");
+    assert_eq!((inbox_a.len(), inbox_b.len()), (1, 1));
+    la.shutdown().await;
+    lb.shutdown().await;
+}
+
+/// Every priority arrives, and reports itself.
+pub async fn notifier_all_priorities(transport: Transport) {
+    let topic = topic();
+    let inbox = Inbox::default();
+    let listener = start_listener(&transport, &[&topic], inbox.endpoint(&Priority::ALL), None).await;
+    let n = notifier(&transport, &[&topic]);
+    n.audit(&ctxt(), "e", json!({})).await.unwrap();
+    n.debug(&ctxt(), "e", json!({})).await.unwrap();
+    n.info(&ctxt(), "e", json!({})).await.unwrap();
+    n.warn(&ctxt(), "e", json!({})).await.unwrap();
+    n.error(&ctxt(), "e", json!({})).await.unwrap();
+    n.critical(&ctxt(), "e", json!({})).await.unwrap();
+    n.sample(&ctxt(), "e", json!({})).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || inbox.len() == 7).await,
+        "got {}",
+        inbox.len()
+    );
+    let mut seen: Vec<Priority> = inbox.all().iter().map(|n| n.priority).collect();
+    seen.sort();
+    assert_eq!(seen, Priority::ALL.to_vec());
+    listener.shutdown().await;
+}
+
+/// A filter keeps out what it does not match.
+pub async fn notifier_filter(transport: Transport) {
+    let topic = topic();
+    let inbox = Inbox::default();
+    let endpoint = inbox
+        .endpoint(&[Priority::Info])
+        .filter(NotificationFilter::new().event_type(r"keep\.").unwrap());
+    let listener = start_listener(&transport, &[&topic], endpoint, None).await;
+    let n = notifier(&transport, &[&topic]);
+    n.info(&ctxt(), "drop.me", json!({})).await.unwrap();
+    n.info(&ctxt(), "keep.me", json!({})).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || inbox.len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        inbox.all().iter().map(|n| n.event_type.as_str()).collect::<Vec<_>>(),
+        vec!["keep.me"]
+    );
+    listener.shutdown().await;
+}
+
+/// Notifications sent before the listener started are delivered when it starts.
+pub async fn notifier_store_and_forward(transport: Transport) {
+    let topic = topic();
+    let n = notifier(&transport, &[&topic]);
+    for i in 0..3 {
+        n.info(&ctxt(), "saf", json!({"i": i})).await.unwrap();
+    }
+    let inbox = Inbox::default();
+    let listener = start_listener(&transport, &[&topic], inbox.endpoint(&[Priority::Info]), None).await;
+    assert!(
+        eventually(Duration::from_secs(10), || inbox.len() == 3).await,
+        "got {}",
+        inbox.len()
+    );
+    listener.shutdown().await;
+}
+
+/// Two pools each get every notification; the two listeners of one pool share them.
+pub async fn notifier_listener_pools(transport: Transport) {
+    let topic = topic();
+    let (pool_a, pool_b) = (format!("{topic}-a"), format!("{topic}-b"));
+    let (a1, a2, b) = (Inbox::default(), Inbox::default(), Inbox::default());
+    let la1 = start_listener(&transport, &[&topic], a1.endpoint(&[Priority::Info]), Some(&pool_a)).await;
+    let la2 = start_listener(&transport, &[&topic], a2.endpoint(&[Priority::Info]), Some(&pool_a)).await;
+    let lb = start_listener(&transport, &[&topic], b.endpoint(&[Priority::Info]), Some(&pool_b)).await;
+    let n = notifier(&transport, &[&topic]);
+    for i in 0..10 {
+        n.info(&ctxt(), "pooled", json!({"i": i})).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || b.len() == 10 && a1.len() + a2.len() == 10).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!((b.len(), a1.len() + a2.len()), (10, 10), "each pool once");
+    for l in [la1, la2, lb] {
+        l.shutdown().await;
+    }
+}
+
+/// With `allow_requeue`, a `Requeue` result delivers the notification again.
+pub async fn notifier_listener_requeue(transport: Transport) {
+    let topic = topic();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let endpoint = NotificationEndpoint::new().on(Priority::Info, {
+        let attempts = attempts.clone();
+        move |_n| {
+            let attempts = attempts.clone();
+            async move {
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    NotificationResult::Requeue
+                } else {
+                    NotificationResult::Handled
+                }
+            }
+        }
+    });
+    let listener = NotificationListener::builder(transport.clone(), vec![Target::new(&topic)])
+        .endpoint(endpoint)
+        .allow_requeue(true)
+        .start()
+        .await
+        .expect("listener");
+    notifier(&transport, &[&topic]).info(&ctxt(), "again", json!({})).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || attempts.load(Ordering::SeqCst) >= 2).await,
+        "redelivered"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "handled once after the requeue");
+    listener.shutdown().await;
+}
+
+/// A batch listener gets the notifications in batches of at most `batch_size`.
+pub async fn notifier_batch(transport: Transport) {
+    let topic = topic();
+    let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let endpoint = NotificationEndpoint::new().on_batch(Priority::Info, {
+        let batches = batches.clone();
+        move |batch| {
+            let batches = batches.clone();
+            async move {
+                batches.lock().unwrap().push(batch.len());
+                NotificationResult::Handled
+            }
+        }
+    });
+    let n = notifier(&transport, &[&topic]);
+    // Queue them first so that full batches are available at once.
+    for i in 0..12 {
+        n.info(&ctxt(), "batched", json!({"i": i})).await.unwrap();
+    }
+    let listener = NotificationListener::builder(transport.clone(), vec![Target::new(&topic)])
+        .endpoint(endpoint)
+        .batch(5, Duration::from_millis(500))
+        .start()
+        .await
+        .expect("listener");
+    assert!(eventually(Duration::from_secs(10), || batches.lock().unwrap().iter().sum::<usize>() == 12).await);
+    let sizes = batches.lock().unwrap().clone();
+    assert!(sizes.iter().all(|s| *s <= 5), "{sizes:?}");
+    assert!(sizes.iter().any(|s| *s > 1), "batched: {sizes:?}");
+    listener.shutdown().await;
 }

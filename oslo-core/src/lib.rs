@@ -14,6 +14,7 @@ pub mod codec;
 pub mod conformance;
 pub mod driver;
 pub mod error;
+pub mod notify;
 pub mod pyjson;
 pub mod remote;
 pub mod reply;
@@ -26,6 +27,9 @@ pub mod url;
 pub use codec::JsonMap;
 pub use driver::{Capabilities, Driver, IncomingMessage, Listener, Retry, SendOptions};
 pub use error::{Error, Result};
+pub use notify::{
+    Notification, NotificationEndpoint, NotificationFilter, NotificationListener, NotificationResult, Notifier, NotifierDriver, Priority,
+};
 pub use remote::{HandlerError, RemoteError};
 pub use rpc::{AccessPolicy, Endpoint, RpcClient, RpcDispatcher, RpcServer, RpcServerBuilder, PING_METHOD};
 pub use serializer::{NoOpSerializer, Serializer};

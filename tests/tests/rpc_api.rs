@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use oslo_messaging::{
-    context, get_transport, Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Serializer, Target, Transport,
-};
+use oslo_messaging::{context, get_transport, Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Serializer, Target, Transport};
 use serde_json::{json, Value};
 
 fn transport(name: &str) -> Transport {
@@ -49,10 +47,16 @@ async fn serializer_hooks_run_on_both_sides() {
         .await
         .unwrap();
     let client = RpcClient::new(t, Target::new("ser")).serializer(Arc::new(WrappingSerializer));
-    let got = client.call(&context(json!({"user": "u"})), "inspect", json!({"x": 5})).await.unwrap();
+    let got = client
+        .call(&context(json!({"user": "u"})), "inspect", json!({"x": 5}))
+        .await
+        .unwrap();
     // Server saw unwrapped args and a context that was serialized by the client and
     // deserialized by the server; the result was wrapped by the server and unwrapped here.
-    assert_eq!(got, json!({"ctxt": {"user": "u", "serialized": true, "deserialized": true}, "x": 5}));
+    assert_eq!(
+        got,
+        json!({"ctxt": {"user": "u", "serialized": true, "deserialized": true}, "x": 5})
+    );
     server.shutdown().await;
 }
 
@@ -153,13 +157,24 @@ async fn stop_then_wait_drains_and_stops_consuming() {
 #[tokio::test]
 async fn invalid_targets_are_rejected_before_sending() {
     let t = transport("targets");
-    let err = RpcClient::new(t.clone(), Target::new("x")).fanout(true).call(&JsonMap::new(), "m", json!({})).await.unwrap_err();
+    let err = RpcClient::new(t.clone(), Target::new("x"))
+        .fanout(true)
+        .call(&JsonMap::new(), "m", json!({}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidTarget { .. }), "{err}");
-    let err = RpcClient::new(t.clone(), Target::default()).cast(&JsonMap::new(), "m", json!({})).await.unwrap_err();
+    let err = RpcClient::new(t.clone(), Target::default())
+        .cast(&JsonMap::new(), "m", json!({}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidTarget { .. }), "{err}");
     let err = RpcServer::builder(t.clone(), Target::new("no-server")).start().await.unwrap_err();
     assert!(matches!(err, Error::InvalidTarget { .. }), "{err}");
-    let err = RpcClient::new(t, Target::new("x")).version("one").cast(&JsonMap::new(), "m", json!({})).await.unwrap_err();
+    let err = RpcClient::new(t, Target::new("x"))
+        .version("one")
+        .cast(&JsonMap::new(), "m", json!({}))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("major and minor"), "{err}");
 }
 
