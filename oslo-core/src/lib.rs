@@ -20,6 +20,7 @@ pub mod remote;
 pub mod reply;
 pub mod rpc;
 pub mod serializer;
+mod serving;
 pub mod target;
 pub mod transport;
 pub mod url;

@@ -10,13 +10,11 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use regex::Regex;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
-use tracing::Instrument;
 
 use super::{Notification, Priority};
-use crate::driver::{IncomingMessage, Listener};
+use crate::driver::IncomingMessage;
 use crate::error::{Error, Result};
+use crate::serving::{ServeOptions, ServerHandle};
 use crate::target::{Target, TargetUse};
 use crate::transport::Transport;
 
@@ -245,29 +243,42 @@ impl NotificationListenerBuilder {
             .driver()
             .listen_for_notifications(&subscriptions, self.pool.as_deref())
             .await?;
-        let (stop, stop_receiver) = watch::channel(false);
-        let (stopped_sender, stopped) = oneshot::channel();
         let dispatcher = Arc::new(Dispatcher {
             endpoints: self.endpoints,
             allow_requeue: self.allow_requeue,
         });
         let span = tracing::info_span!("notification.listener", pool = self.pool.as_deref());
-        let slots = Arc::new(Semaphore::new(self.executor_pool_size));
-        let task = tokio::spawn(serve(listener, dispatcher, slots, self.batch, stop_receiver, stopped_sender).instrument(span));
-        Ok(NotificationListener {
-            stop,
-            stopped: tokio::sync::Mutex::new(Some(stopped)),
-            task: tokio::sync::Mutex::new(Some(task)),
-        })
+        let options = ServeOptions {
+            pool_size: self.executor_pool_size,
+            batch: self.batch,
+        };
+        let batched = self.batch.is_some();
+        let handle = ServerHandle::spawn(
+            listener,
+            options,
+            span,
+            Arc::new(move |messages| {
+                let dispatcher = dispatcher.clone();
+                async move {
+                    if batched {
+                        dispatcher.dispatch_batch(messages).await;
+                    } else {
+                        for message in messages {
+                            dispatcher.dispatch_one(message).await;
+                        }
+                    }
+                }
+                .boxed()
+            }),
+        );
+        Ok(NotificationListener { handle })
     }
 }
 
 /// A running notification listener (oslo `get_notification_listener(...).start()`).
 #[derive(Debug)]
 pub struct NotificationListener {
-    stop: watch::Sender<bool>,
-    stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    handle: ServerHandle,
 }
 
 impl NotificationListener {
@@ -286,31 +297,18 @@ impl NotificationListener {
 
     /// Stop taking notifications; those taken are still handled.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
-        if let Some(stopped) = self.stopped.lock().await.take() {
-            let _ = stopped.await;
-        }
+        self.handle.stop().await;
     }
 
     /// Wait for the notifications taken to be handled, then release the subscriptions.
     pub async fn wait(&self) {
-        if let Some(task) = self.task.lock().await.take() {
-            if let Err(err) = task.await {
-                tracing::error!(error = %err, "notification listener task failed");
-            }
-        }
+        self.handle.wait().await;
     }
 
     /// [`NotificationListener::stop`] then [`NotificationListener::wait`].
     pub async fn shutdown(&self) {
         self.stop().await;
         self.wait().await;
-    }
-}
-
-impl Drop for NotificationListener {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }
 
@@ -409,63 +407,6 @@ impl Dispatcher {
             tracing::warn!(error = %err, "could not settle a notification");
         }
     }
-}
-
-async fn serve(
-    mut listener: Box<dyn Listener>,
-    dispatcher: Arc<Dispatcher>,
-    slots: Arc<Semaphore>,
-    batch: Option<(usize, Duration)>,
-    mut stop: watch::Receiver<bool>,
-    stopped: oneshot::Sender<()>,
-) {
-    let mut in_flight = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let first = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            message = listener.next() => message,
-        };
-        let Some(first) = first else { break };
-        let dispatcher = dispatcher.clone();
-        match batch {
-            None => {
-                in_flight.spawn(async move {
-                    dispatcher.dispatch_one(first).await;
-                    drop(permit);
-                });
-            }
-            Some((size, timeout)) => {
-                let mut messages = vec![first];
-                let deadline = tokio::time::Instant::now() + timeout;
-                while messages.len() < size {
-                    tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|s| *s) => break,
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        message = listener.next() => match message {
-                            Some(message) => messages.push(message),
-                            None => break,
-                        },
-                    }
-                }
-                in_flight.spawn(async move {
-                    dispatcher.dispatch_batch(messages).await;
-                    drop(permit);
-                });
-            }
-        }
-        while in_flight.try_join_next().is_some() {}
-    }
-    listener.stop().await;
-    let _ = stopped.send(());
-    while in_flight.join_next().await.is_some() {}
-    listener.cleanup().await;
 }
 
 #[cfg(test)]

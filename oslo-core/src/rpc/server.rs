@@ -3,16 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::driver::{IncomingMessage, Listener};
+use crate::driver::IncomingMessage;
 use crate::error::Result;
 use crate::remote::HandlerError;
 use crate::rpc::dispatcher::{AccessPolicy, Endpoint, RpcDispatcher, PING_METHOD};
 use crate::serializer::{NoOpSerializer, Serializer};
+use crate::serving::{ServeOptions, ServerHandle};
 use crate::target::{Target, TargetUse};
 use crate::transport::Transport;
 
@@ -69,28 +69,32 @@ impl RpcServerBuilder {
         }
         let dispatcher = Arc::new(RpcDispatcher::new(endpoints, self.access_policy, self.serializer));
         let listener = self.transport.driver().listen(&self.target).await?;
-        let (stop_sender, stop_receiver) = watch::channel(false);
-        let (stopped_sender, stopped_receiver) = oneshot::channel();
         let span = tracing::info_span!(
             "rpc.server",
             topic = self.target.topic.as_deref(),
             server = self.target.server.as_deref()
         );
-        let task = tokio::spawn(
-            serve(
-                listener,
-                dispatcher,
-                Arc::new(Semaphore::new(self.executor_pool_size)),
-                stop_receiver,
-                stopped_sender,
-            )
-            .instrument(span),
+        let options = ServeOptions {
+            pool_size: self.executor_pool_size,
+            batch: None,
+        };
+        let handle = ServerHandle::spawn(
+            listener,
+            options,
+            span,
+            Arc::new(move |messages| {
+                let dispatcher = dispatcher.clone();
+                async move {
+                    for message in messages {
+                        handle(message, &dispatcher).await;
+                    }
+                }
+                .boxed()
+            }),
         );
         Ok(RpcServer {
             target: self.target,
-            stop: stop_sender,
-            stopped: tokio::sync::Mutex::new(Some(stopped_receiver)),
-            task: tokio::sync::Mutex::new(Some(task)),
+            handle,
         })
     }
 }
@@ -114,9 +118,7 @@ impl RpcServerBuilder {
 #[derive(Debug)]
 pub struct RpcServer {
     target: Target,
-    stop: watch::Sender<bool>,
-    stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    handle: ServerHandle,
 }
 
 impl RpcServer {
@@ -141,20 +143,13 @@ impl RpcServer {
     /// Stop taking new requests (oslo `stop()`); requests already taken keep running.
     /// Returns once the listener has stopped consuming.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
-        if let Some(stopped) = self.stopped.lock().await.take() {
-            let _ = stopped.await;
-        }
+        self.handle.stop().await;
     }
 
     /// Wait until every request taken has finished and been replied to, then release the
     /// listener's resources (oslo `wait()`). Call after [`RpcServer::stop`].
     pub async fn wait(&self) {
-        if let Some(task) = self.task.lock().await.take() {
-            if let Err(err) = task.await {
-                tracing::error!(error = %err, "RPC server task failed");
-            }
-        }
+        self.handle.wait().await;
     }
 
     /// [`RpcServer::stop`] then [`RpcServer::wait`].
@@ -162,52 +157,6 @@ impl RpcServer {
         self.stop().await;
         self.wait().await;
     }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        // A dropped server stops consuming; in-flight requests still finish in the background.
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn serve(
-    mut listener: Box<dyn Listener>,
-    dispatcher: Arc<RpcDispatcher>,
-    slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    stopped: oneshot::Sender<()>,
-) {
-    let mut in_flight = JoinSet::new();
-    loop {
-        // Take a message only when a slot is free: back-pressure stays with the broker.
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let message = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            message = listener.next() => message,
-        };
-        let Some(message) = message else { break };
-        let dispatcher = dispatcher.clone();
-        in_flight.spawn(async move {
-            handle(message, &dispatcher).await;
-            drop(permit);
-        });
-        // Reap finished tasks so the set does not grow.
-        while in_flight.try_join_next().is_some() {}
-    }
-    listener.stop().await;
-    let _ = stopped.send(());
-    while let Some(result) = in_flight.join_next().await {
-        if let Err(err) = result {
-            tracing::error!(error = %err, "RPC request task failed");
-        }
-    }
-    listener.cleanup().await;
 }
 
 async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher) {

@@ -1,0 +1,125 @@
+//! The consume loop shared by `RpcServer` and `NotificationListener` (oslo's
+//! `MessageHandlingServer`): bounded concurrency, optional batching, and an ordered
+//! stop → wait that lets messages already taken finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::driver::{IncomingMessage, Listener};
+
+/// Handles one message, or one batch of messages.
+pub(crate) type MessageHandler = Arc<dyn Fn(Vec<Box<dyn IncomingMessage>>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How a [`ServerHandle`] takes messages.
+pub(crate) struct ServeOptions {
+    /// Messages (or batches) handled at once.
+    pub pool_size: usize,
+    /// Gather up to this many messages, waiting at most this long, per handler call.
+    pub batch: Option<(usize, Duration)>,
+}
+
+/// A running consume loop.
+#[derive(Debug)]
+pub(crate) struct ServerHandle {
+    stop: watch::Sender<bool>,
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ServerHandle {
+    /// Start consuming from `listener`, handing messages to `handler`.
+    pub(crate) fn spawn(listener: Box<dyn Listener>, options: ServeOptions, span: tracing::Span, handler: MessageHandler) -> Self {
+        let (stop, stop_receiver) = watch::channel(false);
+        let (stopped_sender, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, options, handler, stop_receiver, stopped_sender).instrument(span));
+        ServerHandle {
+            stop,
+            stopped: Mutex::new(Some(stopped)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Stop taking messages; returns once the listener stopped consuming.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(stopped) = self.stopped.lock().await.take() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// Wait for the messages taken to be handled and the listener to be cleaned up.
+    pub(crate) async fn wait(&self) {
+        if let Some(task) = self.task.lock().await.take() {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "consume loop failed");
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        // A dropped server stops consuming; messages taken still finish in the background.
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn serve(
+    mut listener: Box<dyn Listener>,
+    options: ServeOptions,
+    handler: MessageHandler,
+    mut stop: watch::Receiver<bool>,
+    stopped: oneshot::Sender<()>,
+) {
+    let slots = Arc::new(Semaphore::new(options.pool_size.max(1)));
+    let mut in_flight = JoinSet::new();
+    loop {
+        // Take a message only when a slot is free: back-pressure stays with the broker.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let first = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            message = listener.next() => message,
+        };
+        let Some(first) = first else { break };
+        let mut messages = vec![first];
+        if let Some((size, timeout)) = options.batch {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while messages.len() < size {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    message = listener.next() => match message {
+                        Some(message) => messages.push(message),
+                        None => break,
+                    },
+                }
+            }
+        }
+        let work = handler(messages);
+        in_flight.spawn(async move {
+            work.await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow.
+        while in_flight.try_join_next().is_some() {}
+    }
+    listener.stop().await;
+    let _ = stopped.send(());
+    while let Some(result) = in_flight.join_next().await {
+        if let Err(err) = result {
+            tracing::error!(error = %err, "message handler failed");
+        }
+    }
+    listener.cleanup().await;
+}
