@@ -36,3 +36,56 @@ pub fn broker_url(driver: &str, variable: &str) -> Option<String> {
         }
     }
 }
+
+/// Delete the queues whose names start with one of `prefixes` from the RabbitMQ at `url`.
+///
+/// oslo never deletes topic, server or notification queues, and the test suites name theirs
+/// randomly, so without this every run would leave some behind. Queue names come from
+/// `rabbitmqctl list_queues` (root on the broker host); when that is not available nothing is
+/// deleted and the reason is printed.
+pub async fn purge_rabbit_queues(url: &str, prefixes: &[&str]) {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+        .output();
+    let names: Vec<String> = match listing {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|name| prefixes.iter().any(|p| name.starts_with(p)))
+            .map(str::to_string)
+            .collect(),
+        Ok(out) => {
+            eprintln!(
+                "not purging test queues: rabbitmqctl failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(err) => {
+            eprintln!("not purging test queues: cannot run rabbitmqctl: {err}");
+            return;
+        }
+    };
+    if names.is_empty() {
+        return;
+    }
+    let Ok(parsed) = oslo_core::TransportUrl::parse(url) else { return };
+    let Some(broker) = driver_rabbit::BrokerAddress::from_url(&parsed).into_iter().next() else {
+        return;
+    };
+    let connection = match lapin::Connection::connect(&broker.expose_uri(false), lapin::ConnectionProperties::default()).await {
+        Ok(connection) => connection,
+        Err(err) => {
+            eprintln!("not purging test queues: {err}");
+            return;
+        }
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for name in &names {
+            let _ = channel
+                .queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = connection.close(0, "purged".into()).await;
+}

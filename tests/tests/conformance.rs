@@ -58,5 +58,10 @@ fn main() {
             None => trials.push(Trial::test(format!("{driver}::suite ({variable} not set)"), || Ok(())).with_ignored_flag(true)),
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // oslo leaves topic and notification queues behind by design; ours are randomly named.
+    if let Ok(url) = std::env::var("OSLO_TEST_RABBIT_URL") {
+        runtime().block_on(oslo_tests::purge_rabbit_queues(&url, &["conformance-"]));
+    }
+    conclusion.exit();
 }

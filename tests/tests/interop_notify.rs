@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oslo_messaging::{
-    context, get_transport, Notification, NotificationEndpoint, NotificationListener, NotificationResult, Notifier, NotifierDriver, Priority,
-    Target, Transport,
+    context, get_transport, Notification, NotificationEndpoint, NotificationListener, NotificationResult, Notifier, NotifierDriver,
+    Priority, Target, Transport,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -23,7 +23,11 @@ fn interop_dir() -> PathBuf {
 fn setup() -> Option<(String, PathBuf)> {
     let url = oslo_tests::broker_url("rabbit", "OSLO_TEST_RABBIT_URL")?;
     let python = interop_dir().join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run `bash interop/setup-venv.sh` first", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash interop/setup-venv.sh` first",
+        python.display()
+    );
     Some((url, python))
 }
 
@@ -53,7 +57,10 @@ impl PyListener {
         }
         let mut child = python(py, &args).spawn().expect("spawn python listener");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("READY in time").unwrap();
+        let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("READY in time")
+            .unwrap();
         assert_eq!(ready.as_deref(), Some("READY"));
         PyListener { _child: child, lines }
     }
@@ -82,7 +89,11 @@ async fn py_send(py: &PathBuf, url: &str, topic: &str, extra: &[&str]) {
     let mut args = vec!["send", "--url", url, "--topic", topic];
     args.extend_from_slice(extra);
     let output = python(py, &args).stdin(Stdio::null()).output().await.expect("run python notifier");
-    assert!(output.status.success(), "python notifier failed: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "python notifier failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 #[derive(Clone, Default)]
@@ -154,7 +165,10 @@ async fn python_notifier_to_rust_listener_keeps_every_field() {
     assert_eq!(n.publisher_id, "compute.py-host");
     assert_eq!(n.event_type, "compute.instance.create.end");
     assert_eq!(n.priority, Priority::Error);
-    assert_eq!(n.payload, json!({"name": "vm ✓ 😀", "n": 9007199254740993u64, "f": 0.1, "nested": {"l": [1, null, true]}}));
+    assert_eq!(
+        n.payload,
+        json!({"name": "vm ✓ 😀", "n": 9007199254740993u64, "f": 0.1, "nested": {"l": [1, null, true]}})
+    );
     assert_eq!(n.metadata.message_id.len(), 36);
     assert_eq!(n.metadata.timestamp.len(), 26, "{}", n.metadata.timestamp);
     assert_eq!(n.context["user"], json!("u-py"));
@@ -165,7 +179,13 @@ async fn python_notifier_to_rust_listener_keeps_every_field() {
     // The v1 `messaging` driver (no envelope) is understood too.
     let inbox = Inbox::default();
     let listener = rust_listener(&transport, &topic, None, &inbox).await;
-    py_send(&py, &url, &topic, &["--driver", "messaging", "--event", "v1.event", "--payload", r#"{"v": 1}"#]).await;
+    py_send(
+        &py,
+        &url,
+        &topic,
+        &["--driver", "messaging", "--event", "v1.event", "--payload", r#"{"v": 1}"#],
+    )
+    .await;
     let got = inbox.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].event_type.as_str(), &got[0].payload), ("v1.event", &json!({"v": 1})));
@@ -179,12 +199,19 @@ async fn rust_notifier_to_python_listener_keeps_every_field() {
     let transport = get_transport(&url).unwrap();
     let topic = topic();
     let mut listener = PyListener::start(&py, &url, &topic, None, 3).await;
-    let notifier = Notifier::new(transport.clone()).publisher_id("compute.rust-host").topics([topic.as_str()]);
+    let notifier = Notifier::new(transport.clone())
+        .publisher_id("compute.rust-host")
+        .topics([topic.as_str()]);
     let ctxt = context(json!({"user": "u-rs", "project_id": "p-rs", "auth_token": "SECRET", "request_id": "req-rs"}));
     let payload = json!({"name": "ünïcødé 😀", "big": i64::MAX, "f": 1.5, "list": [1, "two", null]});
     notifier.info(&ctxt, "compute.instance.update", payload.clone()).await.unwrap();
     notifier.warn(&ctxt, "compute.instance.warn", json!({})).await.unwrap();
-    notifier.prepare().driver(NotifierDriver::Messaging).sample(&ctxt, "metric.v1", json!({"v": 1})).await.unwrap();
+    notifier
+        .prepare()
+        .driver(NotifierDriver::Messaging)
+        .sample(&ctxt, "metric.v1", json!({"v": 1}))
+        .await
+        .unwrap();
     let got = listener.received(3, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 3, "{got:?}");
     let info = got.iter().find(|n| n["event_type"] == "compute.instance.update").expect("info");
@@ -215,10 +242,19 @@ async fn pools_behave_the_same_on_both_sides() {
     let l1 = rust_listener(&transport, &topic, Some(&shared_pool), &rust_shared).await;
     let l2 = rust_listener(&transport, &topic, Some(&other_pool), &rust_other).await;
     // Half from Python, half from Rust.
-    py_send(&py, &url, &topic, &["--event", "pooled.py", "--count", "10", "--payload", r#"{"from": "py"}"#]).await;
+    py_send(
+        &py,
+        &url,
+        &topic,
+        &["--event", "pooled.py", "--count", "10", "--payload", r#"{"from": "py"}"#],
+    )
+    .await;
     let notifier = Notifier::new(transport.clone()).publisher_id("rust").topics([topic.as_str()]);
     for i in 0..10 {
-        notifier.info(&context(json!({})), "pooled.rs", json!({"from": "rs", "seq": i})).await.unwrap();
+        notifier
+            .info(&context(json!({})), "pooled.rs", json!({"from": "rs", "seq": i}))
+            .await
+            .unwrap();
     }
     let other = rust_other.wait_for(20, Duration::from_secs(30)).await;
     assert_eq!(other.len(), 20, "the other pool gets every notification");
@@ -230,7 +266,13 @@ async fn pools_behave_the_same_on_both_sides() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     py_got.extend(py_shared.received(20, Duration::from_millis(300)).await);
-    assert_eq!(py_got.len() + rust_shared.len(), 20, "python {} + rust {}", py_got.len(), rust_shared.len());
+    assert_eq!(
+        py_got.len() + rust_shared.len(),
+        20,
+        "python {} + rust {}",
+        py_got.len(),
+        rust_shared.len()
+    );
     assert!(!py_got.is_empty() && rust_shared.len() > 0, "both pool members took part");
     l1.shutdown().await;
     l2.shutdown().await;
