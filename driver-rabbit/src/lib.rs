@@ -1,1 +1,58 @@
-//! placeholder
+//! # driver-rabbit
+//!
+//! The RabbitMQ (AMQP 0-9-1) driver of the Rust oslo.messaging, on [`lapin`], wire-compatible
+//! with Python oslo.messaging 18.3.1: Python and Rust clients and servers can share a broker.
+//!
+//! * Bodies are oslo envelope 2.0 JSON (Python `json.dumps` style) with the captured AMQP
+//!   properties: `content_type=application/json`, `content_encoding=utf-8`, `delivery_mode=2`,
+//!   `priority=0`, an empty header table, and `expiration` (ms) on calls.
+//! * Topology is oslo's: topic exchange `control_exchange` (or the target's exchange),
+//!   `<topic>` and `<topic>.<server>` queues, a `<topic>_fanout` exchange with one private
+//!   `<topic>_fanout_<uuid hex>` queue per server, one `reply_<uuid hex>` queue per driver, and
+//!   `<topic>.<priority>` notification queues; quorum, HA, durable and TTL options apply as in
+//!   oslo (`rabbit_*` and `amqp_*` options, see [`RabbitConfig`]).
+//! * Every publish waits for its publisher confirm; calls are published `mandatory`, so a call
+//!   to a topic nobody listens on fails at once with `MessageUndeliverable`.
+//! * Connections are lazy, fail over across the URL's hosts (`kombu_failover_strategy`) with
+//!   oslo's backoff, and restore the reply queue and every listener's queues, bindings and
+//!   consumers (same names) after a connection loss.
+//! * TLS (`ssl=true`) uses rustls with the *ring* provider: `ssl_ca_file` (PEM) replaces the
+//!   bundled webpki roots, `ssl_cert_file` + `ssl_key_file` (PEM, PKCS#8 key) give a client
+//!   certificate. TLS is covered by configuration unit tests only; no TLS broker was available
+//!   to test against.
+//!
+//! ```no_run
+//! # async fn demo() -> oslo_core::Result<()> {
+//! let registry = oslo_core::DriverRegistry::new();
+//! driver_rabbit::RabbitDriver::register(&registry);
+//! let transport = registry.get_transport("rabbit://guest:guest@127.0.0.1:5672/")?;
+//! # let _ = transport; Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod config;
+mod connect;
+mod driver;
+mod hosts;
+mod listener;
+mod publisher;
+mod subscription;
+mod topology;
+mod util;
+
+pub use config::{FailoverStrategy, LoginMethod, RabbitConfig, GROUP, OPTION_NAMES};
+pub use driver::RabbitDriver;
+pub use hosts::{BrokerAddress, DEFAULT_PORT};
+
+/// The transport URL schemes this driver serves (`kombu` is oslo's historical alias).
+pub const SCHEMES: &[&str] = &["rabbit", "kombu"];
+
+/// The driver's name, as reported by [`oslo_core::Driver::name`].
+pub const DRIVER_NAME: &str = "rabbit";
+
+/// Register [`RabbitDriver`] in `registry` under every name in [`SCHEMES`]
+/// (same as [`RabbitDriver::register`]).
+pub fn register(registry: &oslo_core::DriverRegistry) {
+    RabbitDriver::register(registry);
+}

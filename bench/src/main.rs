@@ -1,0 +1,200 @@
+//! `oslo-bench`: side-by-side benchmark of the oslo-messaging rabbit driver against raw lapin
+//! (the same request/reply and cast shapes, no oslo code) and Python oslo.messaging 18.3.1,
+//! in one run on one machine. See `BENCHMARKS.md` at the workspace root.
+//!
+//! ```text
+//! oslo-bench run [options]                  the whole comparison (spawns the servers itself)
+//! oslo-bench serve-ours TOPIC NAME [--url URL]
+//! oslo-bench serve-raw QUEUE [--fanout-exchange X] [--oslo-props] [--amqp-url URL]
+//! ```
+
+mod common;
+#[cfg(feature = "ours")]
+mod ours;
+mod raw;
+mod runner;
+
+use std::path::PathBuf;
+
+use common::Res;
+
+const USAGE: &str = "\
+usage:
+  oslo-bench run [options]
+      --reps R              repetitions of every measurement, median reported (default 3)
+      --n N                 timed sequential calls (default 2000)
+      --warmup N            untimed warm-up calls before them (default 200)
+      --inflight K          calls in flight for ours/raw (default 64)
+      --duration S          seconds timed with K in flight (default 5)
+      --inflight-warmup S   untimed seconds before that (default 1)
+      --casts C             casts for ours/raw (default 20000)
+      --fanout-casts C      fanout casts for ours/raw (default 10000)
+      --py-casts C          casts for Python (default 3000)
+      --py-fanout-casts C   fanout casts for Python (default 2000)
+      --cast-window W       concurrent casts for ours/raw (default 64)
+      --wide-window W       confirms outstanding in the raw reference (default 1000)
+      --py-threads T        Python client threads for the in-flight scenario (default 16)
+      --payload B           length of the echo string (default 100)
+      --poll-ms MS          counter poll interval while waiting for casts (default 2)
+      --timeout S           call timeout (default 10)
+      --url URL             oslo transport URL (default rabbit://guest:guest@127.0.0.1:5672/)
+      --amqp-url URL        lapin URL (default amqp://guest:guest@127.0.0.1:5672/%2f)
+      --quiet-wait S        before each measurement, wait up to S s for the machine to be
+                            quiet (default 0: do not wait)
+      --quiet-pct P         quiet = processes outside the benchmark use < P % (default 10)
+      --python PATH         python with oslo.messaging (default interop/.venv/bin/python)
+      --no-python           skip Python oslo.messaging
+      --no-ours             skip our implementation
+      --only LETTERS        run only these scenarios (default abcd)
+      --no-refs             skip the raw-lapin reference variants
+      --raw-oslo-props      raw lapin publishes with oslo's AMQP properties (persistent,
+                            content type/encoding, headers, expiration on calls) and
+                            mandatory calls/replies, to separate broker cost from driver cost
+      --out FILE            results file (default bench/results/latest.md)
+  oslo-bench serve-ours TOPIC NAME [--url URL]
+  oslo-bench serve-raw QUEUE [--fanout-exchange X] [--oslo-props] [--amqp-url URL]";
+
+struct Args {
+    positional: Vec<String>,
+    options: Vec<(String, Option<String>)>,
+}
+
+const FLAGS: &[&str] = &[
+    "--no-python",
+    "--no-ours",
+    "--no-refs",
+    "--raw-oslo-props",
+    "--oslo-props",
+    "--help",
+    "-h",
+];
+
+fn parse(args: impl Iterator<Item = String>) -> Res<Args> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if arg.starts_with('-') {
+            if FLAGS.contains(&arg.as_str()) {
+                options.push((arg, None));
+            } else if let Some((k, v)) = arg.split_once('=') {
+                options.push((k.to_string(), Some(v.to_string())));
+            } else {
+                let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                options.push((arg, Some(value)));
+            }
+        } else {
+            positional.push(arg);
+        }
+    }
+    Ok(Args { positional, options })
+}
+
+fn num<T: std::str::FromStr>(key: &str, value: &str) -> Res<T> {
+    value.parse().map_err(|_| format!("{key}: bad number {value:?}"))
+}
+
+fn run_opts(args: &Args, command_line: String) -> Res<runner::Opts> {
+    let mut o = runner::Opts {
+        command_line,
+        ..Default::default()
+    };
+    for (key, value) in &args.options {
+        let v = value.as_deref().unwrap_or("");
+        match key.as_str() {
+            "--reps" => o.reps = num::<usize>(key, v)?.max(1),
+            "--n" => o.n = num::<usize>(key, v)?.max(1),
+            "--warmup" => o.warmup = num(key, v)?,
+            "--inflight" => o.inflight = num::<usize>(key, v)?.max(1),
+            "--duration" => o.duration = num(key, v)?,
+            "--inflight-warmup" => o.inflight_warmup = num(key, v)?,
+            "--casts" => o.casts = num::<u64>(key, v)?.max(1),
+            "--fanout-casts" => o.fanout_casts = num::<u64>(key, v)?.max(1),
+            "--py-casts" => o.py_casts = num::<u64>(key, v)?.max(1),
+            "--py-fanout-casts" => o.py_fanout_casts = num::<u64>(key, v)?.max(1),
+            "--cast-window" => o.cast_window = num::<usize>(key, v)?.max(1),
+            "--wide-window" => o.wide_window = num::<usize>(key, v)?.max(1),
+            "--py-threads" => o.py_threads = num::<usize>(key, v)?.max(1),
+            "--payload" => o.payload = num(key, v)?,
+            "--poll-ms" => o.poll_ms = num(key, v)?,
+            "--timeout" => o.timeout = num(key, v)?,
+            "--url" => o.url = v.to_string(),
+            "--amqp-url" => o.amqp_url = v.to_string(),
+            "--python" => o.python = Some(PathBuf::from(v)),
+            "--out" => o.out = PathBuf::from(v),
+            "--quiet-wait" => o.quiet_wait = num(key, v)?,
+            "--quiet-pct" => o.quiet_pct = num(key, v)?,
+            "--no-python" => o.no_python = true,
+            "--no-ours" => o.no_ours = true,
+            "--no-refs" => o.no_refs = true,
+            "--raw-oslo-props" => o.raw_oslo_props = true,
+            "--only" => o.only = v.to_string(),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    if o.duration <= 0.0 || o.timeout <= 0.0 || o.poll_ms <= 0.0 {
+        return Err("--duration, --timeout and --poll-ms must be positive".into());
+    }
+    Ok(o)
+}
+
+fn option<'a>(args: &'a Args, key: &str, default: &'a str) -> &'a str {
+    args.options
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.as_deref())
+        .unwrap_or(default)
+}
+
+async fn real_main() -> Res<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = parse(argv.clone().into_iter())?;
+    if args.options.iter().any(|(k, _)| k == "--help" || k == "-h") || args.positional.is_empty() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let default_url = "rabbit://guest:guest@127.0.0.1:5672/";
+    let default_amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    match args.positional[0].as_str() {
+        "run" => {
+            let command_line = format!("cargo run -p oslo-bench --release -- {}", argv.join(" "));
+            runner::run(run_opts(&args, command_line)?).await
+        }
+        "serve-ours" => {
+            let [_, topic, name] = &args.positional[..] else {
+                return Err(format!("serve-ours TOPIC NAME\n{USAGE}"));
+            };
+            #[cfg(feature = "ours")]
+            {
+                ours::serve(option(&args, "--url", default_url), topic, name).await
+            }
+            #[cfg(not(feature = "ours"))]
+            {
+                let _ = (topic, name, default_url);
+                Err("built without the `ours` feature".into())
+            }
+        }
+        "serve-raw" => {
+            let [_, queue] = &args.positional[..] else {
+                return Err(format!("serve-raw QUEUE\n{USAGE}"));
+            };
+            let fanout = args
+                .options
+                .iter()
+                .find(|(k, _)| k == "--fanout-exchange")
+                .and_then(|(_, v)| v.as_deref());
+            let oslo_props = args.options.iter().any(|(k, _)| k == "--oslo-props");
+            raw::serve(option(&args, "--amqp-url", default_amqp), queue, fanout, oslo_props).await
+        }
+        other => Err(format!("unknown command {other}\n{USAGE}")),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = real_main().await {
+        eprintln!("oslo-bench: {e}");
+        std::process::exit(1);
+    }
+}

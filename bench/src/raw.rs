@@ -1,0 +1,393 @@
+//! The raw lapin baseline: the same request/reply and cast shapes with no oslo code at all.
+//!
+//! Server (`serve-raw QUEUE`): one connection, consumes QUEUE with manual ack and no prefetch
+//! limit (oslo's default `rabbit_qos_prefetch_count=0`), handles each delivery in its own task,
+//! **acks before acting** (as oslo does for RPC requests), then by the message's AMQP `type`:
+//! * `echo`: publish the body back to `reply_to` with the request's `correlation_id`;
+//! * `echo_c`: the same on a channel in confirm mode, awaiting the confirm (oslo-like replies);
+//! * `incr`: increment a counter (the cast target);
+//! * `counter`: reply with the counter's value as decimal text.
+//!
+//! Client: one connection; requests are published to the default exchange (routing key = the
+//! server's queue) with `reply_to` = a server-named exclusive reply queue consumed with manual
+//! ack; replies are matched to callers by correlation id (`HashMap<u64, oneshot>`), and acked
+//! in a task of their own after the caller is woken. Casts go through a channel in confirm
+//! mode and each cast awaits its own publisher confirm (callers run many casts concurrently,
+//! so confirms are windowed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::oneshot;
+
+use crate::common::{err, stdin_eof, Res};
+
+/// oslo's AMQP properties (wire-format.md §0), for `--raw-oslo-props`: `application/json`,
+/// `utf-8`, persistent, priority 0, an empty header table, plus `expiration` on calls.
+fn oslo_properties(oslo: bool, expiration: Option<&str>) -> BasicProperties {
+    if !oslo {
+        return BasicProperties::default();
+    }
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_headers(FieldTable::default())
+        .with_delivery_mode(2)
+        .with_priority(0);
+    match expiration {
+        Some(ms) => props.with_expiration(ms.into()),
+        None => props,
+    }
+}
+
+/// Publish options: oslo publishes calls and replies `mandatory`.
+fn publish_options(oslo: bool, mandatory: bool) -> BasicPublishOptions {
+    BasicPublishOptions {
+        mandatory: oslo && mandatory,
+        immediate: false,
+    }
+}
+
+/// Connect to the broker (an `amqp://` URL).
+pub async fn connect(url: &str) -> Res<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// `serve-raw QUEUE [--fanout-exchange X] [--oslo-props]`: run until stdin closes.
+pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, oslo_props: bool) -> Res<()> {
+    let conn = connect(url).await?;
+    let ch = conn.create_channel().await.map_err(err("create channel"))?;
+    let confirm_ch = conn.create_channel().await.map_err(err("create channel"))?;
+    confirm_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err("confirm.select"))?;
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .map_err(err("queue.declare"))?;
+    if let Some(exchange) = fanout_exchange {
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("exchange.declare"))?;
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("queue.bind"))?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "raw-server".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("basic.consume"))?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut stop = stdin_eof();
+    println!("READY");
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    tokio::spawn(handle(delivery, ch.clone(), confirm_ch.clone(), counter.clone(), oslo_props));
+                }
+                Some(Err(e)) => {
+                    eprintln!("raw server: consumer error: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
+    println!("STOPPED");
+    Ok(())
+}
+
+async fn handle(mut delivery: Delivery, ch: Channel, confirm_ch: Channel, counter: Arc<AtomicU64>, oslo: bool) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        eprintln!("raw server: ack failed: {e}");
+        return;
+    }
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
+    match kind.as_deref() {
+        Some("incr") => {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Some("counter") => {
+            let body = counter.load(Ordering::Relaxed).to_string().into_bytes();
+            reply(&ch, &delivery, &body, false, oslo).await;
+        }
+        Some("echo_c") => {
+            let body = std::mem::take(&mut delivery.data);
+            reply(&confirm_ch, &delivery, &body, true, oslo).await;
+        }
+        _ => {
+            let body = std::mem::take(&mut delivery.data);
+            reply(&ch, &delivery, &body, false, oslo).await;
+        }
+    }
+}
+
+async fn reply(ch: &Channel, request: &Delivery, body: &[u8], confirm: bool, oslo: bool) {
+    let Some(reply_to) = request.properties.reply_to().clone() else {
+        return;
+    };
+    let mut props = oslo_properties(oslo, None);
+    if let Some(corr) = request.properties.correlation_id() {
+        props = props.with_correlation_id(corr.clone());
+    }
+    match ch
+        .basic_publish("".into(), reply_to, publish_options(oslo, true), body, props)
+        .await
+    {
+        Ok(pending) => {
+            if confirm {
+                if let Err(e) = pending.await {
+                    eprintln!("raw server: reply confirm failed: {e}");
+                }
+            }
+        }
+        Err(e) => eprintln!("raw server: reply publish failed: {e}"),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+struct Inner {
+    conn: Connection,
+    rpc_ch: Channel,
+    confirm_ch: Channel,
+    reply_q: ShortString,
+    pending: Pending,
+    next_id: AtomicU64,
+    /// Queue of server `a` (calls and casts go there).
+    queue: String,
+    /// Server name -> its queue (counter polls).
+    server_queues: HashMap<String, String>,
+    fanout_exchange: String,
+    echo_body: Vec<u8>,
+    timeout: Duration,
+    oslo_props: bool,
+}
+
+/// The raw lapin client. Cheap to clone.
+#[derive(Clone)]
+pub struct RawClient {
+    inner: Arc<Inner>,
+    /// Publish requests on the confirm channel and await their confirm; ask the server to
+    /// confirm its replies too (every publish confirmed, as oslo does).
+    confirm_calls: bool,
+}
+
+impl RawClient {
+    /// Connect, declare the reply queue and start the reply dispatcher.
+    pub async fn connect(
+        url: &str,
+        queue: &str,
+        server_queues: HashMap<String, String>,
+        fanout_exchange: &str,
+        payload_len: usize,
+        timeout: Duration,
+        oslo_props: bool,
+    ) -> Res<RawClient> {
+        let conn = connect(url).await?;
+        let rpc_ch = conn.create_channel().await.map_err(err("create channel"))?;
+        let confirm_ch = conn.create_channel().await.map_err(err("create channel"))?;
+        confirm_ch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(err("confirm.select"))?;
+        let reply_queue = rpc_ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("declare reply queue"))?;
+        let reply_q = reply_queue.name().clone();
+        let mut consumer = rpc_ch
+            .basic_consume(
+                reply_q.clone(),
+                "raw-client".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("consume reply queue"))?;
+        let pending: Pending = Arc::default();
+        let dispatch = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let id = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|c| c.as_str().parse::<u64>().ok());
+                let acker = delivery.acker.clone();
+                if let Some(id) = id {
+                    let waiter = dispatch.lock().unwrap().remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(delivery.data);
+                    }
+                }
+                tokio::spawn(async move {
+                    let _ = acker.ack(BasicAckOptions::default()).await;
+                });
+            }
+        });
+        let value = "x".repeat(payload_len);
+        let echo_body = format!("{{\"method\": \"echo\", \"args\": {{\"value\": \"{value}\"}}}}").into_bytes();
+        Ok(RawClient {
+            inner: Arc::new(Inner {
+                conn,
+                rpc_ch,
+                confirm_ch,
+                reply_q,
+                pending,
+                next_id: AtomicU64::new(1),
+                queue: queue.to_string(),
+                server_queues,
+                fanout_exchange: fanout_exchange.to_string(),
+                echo_body,
+                timeout,
+                oslo_props,
+            }),
+            confirm_calls: false,
+        })
+    }
+
+    /// A handle whose calls confirm every publish (request and reply).
+    pub fn with_confirm_calls(&self) -> RawClient {
+        RawClient {
+            inner: self.inner.clone(),
+            confirm_calls: true,
+        }
+    }
+
+    async fn request(&self, queue: &str, kind: &str, body: &[u8]) -> Res<Vec<u8>> {
+        let inner = &*self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        inner.pending.lock().unwrap().insert(id, tx);
+        let ch = if self.confirm_calls { &inner.confirm_ch } else { &inner.rpc_ch };
+        let expiration = inner.timeout.as_millis().to_string();
+        let props = oslo_properties(inner.oslo_props, Some(&expiration))
+            .with_reply_to(inner.reply_q.clone())
+            .with_correlation_id(id.to_string().into())
+            .with_type(kind.into());
+        let sent = async {
+            let confirm = ch
+                .basic_publish("".into(), queue.into(), publish_options(inner.oslo_props, true), body, props)
+                .await
+                .map_err(err("publish request"))?;
+            if self.confirm_calls {
+                let confirmation = confirm.await.map_err(err("request confirm"))?;
+                if !confirmation.is_ack() {
+                    return Err("request nacked".to_string());
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            inner.pending.lock().unwrap().remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(inner.timeout, rx).await {
+            Ok(Ok(data)) => Ok(data),
+            _ => {
+                inner.pending.lock().unwrap().remove(&id);
+                Err(format!("no reply within {:?}", inner.timeout))
+            }
+        }
+    }
+
+    /// One echo request/reply of the benchmark payload.
+    pub async fn echo(&self) -> Res<()> {
+        let kind = if self.confirm_calls { "echo_c" } else { "echo" };
+        let reply = self.request(&self.inner.queue, kind, &self.inner.echo_body).await?;
+        if reply.len() != self.inner.echo_body.len() {
+            return Err("echo returned a different body".into());
+        }
+        Ok(())
+    }
+
+    /// The counter of server `server`.
+    pub async fn counter(&self, server: &str) -> Res<u64> {
+        let queue = self
+            .inner
+            .server_queues
+            .get(server)
+            .ok_or_else(|| format!("unknown raw server {server}"))?;
+        let reply = self.request(queue, "counter", b"").await?;
+        String::from_utf8_lossy(&reply)
+            .parse()
+            .map_err(|e| format!("bad counter reply: {e}"))
+    }
+
+    async fn publish_confirmed(&self, exchange: &str, routing_key: &str) -> Res<()> {
+        let props = oslo_properties(self.inner.oslo_props, None).with_type("incr".into());
+        let confirm = self
+            .inner
+            .confirm_ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                b"{\"method\": \"incr\", \"args\": {}}",
+                props,
+            )
+            .await
+            .map_err(err("publish cast"))?;
+        let confirmation = confirm.await.map_err(err("cast confirm"))?;
+        if !confirmation.is_ack() {
+            return Err("cast nacked".into());
+        }
+        Ok(())
+    }
+
+    /// A cast of `incr` to server `a`'s queue, returning once the broker confirmed it.
+    pub async fn cast_incr(&self) -> Res<()> {
+        self.publish_confirmed("", &self.inner.queue).await
+    }
+
+    /// A cast of `incr` to the fanout exchange, returning once the broker confirmed it.
+    pub async fn fanout_incr(&self) -> Res<()> {
+        self.publish_confirmed(&self.inner.fanout_exchange, "").await
+    }
+
+    /// Close the connection (the reply queue is exclusive: the broker deletes it).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.conn.close(200, "bye".into())).await;
+    }
+}

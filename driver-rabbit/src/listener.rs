@@ -1,0 +1,425 @@
+//! Server side: RPC and notification listeners, incoming messages, and replies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::Acker;
+use oslo_core::codec::{self, DuplicateFilter, IncomingRequest, JsonMap, Reply};
+use oslo_core::reply::ReplyWaiters;
+use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result, Retry};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::RabbitConfig;
+use crate::publisher::{Outgoing, Publisher, ReturnedReplies};
+use crate::subscription::{DeliveryHandler, Subscription};
+use crate::util::{ObsoleteReplyQueues, RecentIds};
+
+/// How often a reply to a missing reply queue is tried again (oslo: 0.25 s).
+const MISSING_QUEUE_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Decode a delivery as kombu + oslo do: only `application/json` bodies (utf-8) are accepted,
+/// then the oslo envelope is unwrapped. The error text says why the message is dropped.
+pub(crate) fn decode_delivery(delivery: &Delivery) -> std::result::Result<JsonMap, String> {
+    let properties = &delivery.properties;
+    match properties.content_type().as_ref().map(|c| c.as_str()) {
+        Some("application/json") => {}
+        other => return Err(format!("unsupported content type {other:?} (expected \"application/json\")")),
+    }
+    if let Some(encoding) = properties.content_encoding().as_ref().map(|e| e.as_str().to_ascii_lowercase()) {
+        if encoding != "utf-8" && encoding != "utf8" {
+            return Err(format!("unsupported content encoding {encoding:?}"));
+        }
+    }
+    if properties.headers().as_ref().is_some_and(|h| h.inner().contains_key("compression")) {
+        return Err("compressed messages are not supported".into());
+    }
+    codec::decode_body(&delivery.data).map_err(|e| e.to_string())
+}
+
+/// Fire an ack without waiting for the I/O thread (the frame is queued synchronously).
+fn ack_now(acker: &Acker) {
+    let _ = acker.ack(BasicAckOptions::default()).now_or_never();
+}
+
+/// Fire a reject without waiting for the I/O thread.
+fn reject_now(acker: &Acker, requeue: bool) {
+    let _ = acker.reject(BasicRejectOptions { requeue }).now_or_never();
+}
+
+/// Sends replies and call-monitor heartbeats to callers' reply queues.
+#[derive(Debug)]
+pub(crate) struct Replier {
+    publisher: Arc<Publisher>,
+    config: Arc<RabbitConfig>,
+    obsolete: ObsoleteReplyQueues,
+    /// When replies retried after surfacing on another publisher's confirm first failed, so the
+    /// retry timeout keeps counting from the first failure.
+    retrying: Mutex<HashMap<String, Instant>>,
+}
+
+impl Replier {
+    pub(crate) fn new(publisher: Arc<Publisher>, config: Arc<RabbitConfig>) -> Self {
+        Replier {
+            publisher,
+            config,
+            obsolete: ObsoleteReplyQueues::default(),
+            retrying: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn publish(&self, reply_q: &str, body: &[u8], isolated: bool) -> Result<()> {
+        let out = Outgoing {
+            exchange: None,
+            queue: None,
+            routing_key: reply_q,
+            body,
+            expiration: None,
+            mandatory: self.config.direct_mandatory_flag,
+            isolated,
+        };
+        self.publisher.publish(&out, Retry::Forever).await
+    }
+
+    /// Send the final reply (oslo `AMQPIncomingMessage.reply`): retried every 0.25 s while the
+    /// reply queue is missing, for up to `kombu_missing_consumer_retry_timeout`; then the queue
+    /// is remembered as obsolete for 60 s and the reply dropped with an error log. Never fails
+    /// because the caller is gone.
+    pub(crate) async fn send_reply(&self, reply_q: &str, reply: Reply) -> Result<()> {
+        let msg_id = reply.msg_id.clone();
+        if self.obsolete.contains(reply_q) {
+            tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
+            return Ok(());
+        }
+        let body = codec::encode_envelope(&reply.to_map())?;
+        self.send_reply_body(reply_q, &msg_id, &body, Instant::now(), false).await
+    }
+
+    async fn send_reply_body(&self, reply_q: &str, msg_id: &str, body: &[u8], started: Instant, mut logged: bool) -> Result<()> {
+        let timeout = self.config.missing_consumer_retry_timeout();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let attempt = tokio::time::timeout(left.max(MISSING_QUEUE_RETRY_INTERVAL), self.publish(reply_q, body, false)).await;
+            match attempt {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(Error::MessageUndeliverable { .. })) => {
+                    if started.elapsed() >= timeout {
+                        self.obsolete.add(reply_q);
+                        tracing::error!(
+                            "The reply {msg_id} failed to send after {} seconds due to a missing queue ({reply_q}). Abandoning...",
+                            timeout.as_secs()
+                        );
+                        return Ok(());
+                    }
+                    if !logged {
+                        tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
+                        logged = true;
+                    }
+                    tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(Error::MessageDeliveryFailure {
+                        message: format!("could not send the reply {msg_id} to {reply_q} within {} seconds", timeout.as_secs()),
+                        retryable: true,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Send one call-monitor heartbeat; a missing reply queue is an error (the server then
+    /// stops heartbeating, as oslo's watchdog does).
+    pub(crate) async fn send_heartbeat(&self, reply_q: &str, msg_id: &str) -> Result<()> {
+        let body = codec::encode_envelope(&Reply::heartbeat(msg_id).to_map())?;
+        let limit = self.config.missing_consumer_retry_timeout().max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, self.publish(reply_q, &body, true)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Error::MessageUndeliverable { .. })) => Err(Error::MessageDeliveryFailure {
+                message: "Heartbeat send failed. Missing queue/exchange".into(),
+                retryable: false,
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::MessageDeliveryFailure {
+                message: format!("heartbeat to {reply_q} not sent within {} seconds", limit.as_secs()),
+                retryable: true,
+            }),
+        }
+    }
+}
+
+impl ReturnedReplies for Replier {
+    fn retry_returned_reply(self: Arc<Self>, reply_q: String, msg_id: String, body: Vec<u8>) {
+        let started = *self.retrying.lock().expect("retry table poisoned").entry(msg_id.clone()).or_insert_with(Instant::now);
+        tokio::spawn(async move {
+            if self.obsolete.contains(&reply_q) {
+                tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
+            } else {
+                tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
+                tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
+                if let Err(error) = self.send_reply_body(&reply_q, &msg_id, &body, started, true).await {
+                    tracing::error!(msg_id = %msg_id, error = %error, "failed to send the reply");
+                }
+            }
+            self.retrying.lock().expect("retry table poisoned").remove(&msg_id);
+        });
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Rpc { replier: Arc<Replier> },
+    Notification { recent: Arc<RecentIds> },
+}
+
+/// A request or notification received from RabbitMQ.
+#[derive(Debug)]
+struct RabbitIncoming {
+    request: IncomingRequest,
+    acker: Acker,
+    kind: Kind,
+    replied: AtomicBool,
+}
+
+#[async_trait]
+impl IncomingMessage for RabbitIncoming {
+    fn message(&self) -> &JsonMap {
+        &self.request.message
+    }
+
+    fn context(&self) -> &JsonMap {
+        &self.request.context
+    }
+
+    fn client_timeout(&self) -> Option<Duration> {
+        self.request.client_timeout
+    }
+
+    fn expects_reply(&self) -> bool {
+        matches!(self.kind, Kind::Rpc { .. }) && self.request.msg_id.is_some()
+    }
+
+    async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()> {
+        let (Kind::Rpc { replier }, Some(msg_id)) = (&self.kind, &self.request.msg_id) else {
+            return Ok(());
+        };
+        if self.replied.swap(true, Ordering::AcqRel) {
+            tracing::warn!(msg_id = %msg_id, "reply already sent; ignoring a second one");
+            return Ok(());
+        }
+        let Some(reply_q) = &self.request.reply_q else {
+            tracing::warn!(msg_id = %msg_id, "request without _reply_q (pre-9.0 client?); dropping the reply");
+            return Ok(());
+        };
+        replier.send_reply(reply_q, Reply::final_reply(msg_id.clone(), outcome)).await
+    }
+
+    async fn heartbeat(&self) -> Result<()> {
+        match (&self.kind, &self.request.msg_id, &self.request.reply_q) {
+            (Kind::Rpc { replier }, Some(msg_id), Some(reply_q)) => replier.send_heartbeat(reply_q, msg_id).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn acknowledge(&self) -> Result<()> {
+        if self.acker.poisoned() {
+            return Err(Error::MessageDeliveryFailure {
+                message: "the channel closed before the message could be acknowledged; it will be redelivered".into(),
+                retryable: true,
+            });
+        }
+        match &self.kind {
+            // RPC requests: queue the ack and go on (at-most-once, acked before dispatch);
+            // waiting for the I/O thread would add to every call's latency.
+            Kind::Rpc { .. } => {
+                if std::env::var("RABBIT_BATCH_ACK").is_err() { ack_now(&self.acker); }
+                Ok(())
+            }
+            Kind::Notification { recent } => {
+                self.acker.ack(BasicAckOptions::default()).await.map_err(|e| Error::MessageDeliveryFailure {
+                    message: format!("Failed to acknowledge received message: {e}"),
+                    retryable: true,
+                })?;
+                if let Some(unique_id) = &self.request.unique_id {
+                    recent.add(unique_id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn requeue(&self) -> Result<()> {
+        self.acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::MessageDeliveryFailure {
+                message: format!("Failed to requeue received message: {e}"),
+                retryable: true,
+            })
+    }
+}
+
+type Outbox = mpsc::UnboundedSender<Box<dyn IncomingMessage>>;
+
+/// Turns RPC request deliveries into incoming messages (oslo `RpcAMQPListener`).
+pub(crate) struct RpcHandler {
+    outbox: Outbox,
+    seen: Mutex<DuplicateFilter>,
+    replier: Arc<Replier>,
+}
+
+impl DeliveryHandler for RpcHandler {
+    fn handle(&self, queue: &str, delivery: Delivery) {
+        let request = match decode_delivery(&delivery) {
+            Ok(map) => codec::decode_request(map),
+            Err(reason) => {
+                tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
+                reject_now(&delivery.acker, false);
+                return;
+            }
+        };
+        if let Some(unique_id) = &request.unique_id {
+            if !self.seen.lock().expect("duplicate filter poisoned").check_and_add(unique_id) {
+                tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
+                ack_now(&delivery.acker);
+                return;
+            }
+        }
+        let message = RabbitIncoming {
+            request,
+            acker: delivery.acker,
+            kind: Kind::Rpc {
+                replier: self.replier.clone(),
+            },
+            replied: AtomicBool::new(false),
+        };
+        // If the listener is gone the message is dropped unacked: the broker redelivers it.
+        let _ = self.outbox.send(Box::new(message));
+    }
+}
+
+/// Turns notification deliveries into incoming messages (oslo `NotificationAMQPListener`):
+/// duplicates are checked on receive and recorded on acknowledge.
+pub(crate) struct NotificationHandler {
+    outbox: Outbox,
+    recent: Arc<RecentIds>,
+}
+
+impl DeliveryHandler for NotificationHandler {
+    fn handle(&self, queue: &str, delivery: Delivery) {
+        let request = match decode_delivery(&delivery) {
+            Ok(map) => codec::decode_request(map),
+            Err(reason) => {
+                tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
+                reject_now(&delivery.acker, false);
+                return;
+            }
+        };
+        if let Some(unique_id) = &request.unique_id {
+            if self.recent.contains(unique_id) {
+                tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
+                ack_now(&delivery.acker);
+                return;
+            }
+        }
+        let message = RabbitIncoming {
+            request,
+            acker: delivery.acker,
+            kind: Kind::Notification { recent: self.recent.clone() },
+            replied: AtomicBool::new(false),
+        };
+        let _ = self.outbox.send(Box::new(message));
+    }
+}
+
+/// Routes replies arriving on the client's reply queue to the waiting calls; acks each at once.
+pub(crate) struct ReplyHandler {
+    pub(crate) waiters: ReplyWaiters,
+}
+
+impl DeliveryHandler for ReplyHandler {
+    fn handle(&self, queue: &str, delivery: Delivery) {
+        if std::env::var("RABBIT_BATCH_ACK").is_err() { ack_now(&delivery.acker); }
+        match decode_delivery(&delivery).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
+            Ok(reply) => {
+                self.waiters.deliver(reply);
+            }
+            Err(reason) => tracing::warn!(queue, reason = %reason, "dropping a malformed reply"),
+        }
+    }
+}
+
+/// A listener over one supervised consuming connection.
+pub(crate) struct RabbitListener {
+    inbox: mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>,
+    subscription: Subscription,
+    stopped: bool,
+    cleaned: bool,
+}
+
+impl RabbitListener {
+    pub(crate) fn channel() -> (Outbox, mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>) {
+        mpsc::unbounded_channel()
+    }
+
+    pub(crate) fn rpc_handler(outbox: Outbox, replier: Arc<Replier>) -> RpcHandler {
+        RpcHandler {
+            outbox,
+            seen: Mutex::new(DuplicateFilter::default()),
+            replier,
+        }
+    }
+
+    pub(crate) fn notification_handler(outbox: Outbox) -> NotificationHandler {
+        NotificationHandler {
+            outbox,
+            recent: Arc::new(RecentIds::new(16)),
+        }
+    }
+
+    pub(crate) fn new(inbox: mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>, subscription: Subscription) -> Self {
+        RabbitListener {
+            inbox,
+            subscription,
+            stopped: false,
+            cleaned: false,
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for RabbitListener {
+    async fn next(&mut self) -> Option<Box<dyn IncomingMessage>> {
+        if self.stopped {
+            // Hand out what was already received, then report the end.
+            return self.inbox.try_recv().ok();
+        }
+        self.inbox.recv().await
+    }
+
+    async fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            self.subscription.stop().await;
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        if !self.cleaned {
+            self.cleaned = true;
+            self.stopped = true;
+            self.subscription.cleanup().await;
+            // Undelivered messages were never acked: the broker redelivers them elsewhere.
+            self.inbox.close();
+            while self.inbox.try_recv().is_ok() {}
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! A supervised consuming connection: declares a [`Topology`], consumes its queues with manual
+//! acks, hands every delivery to a [`DeliveryHandler`], and on connection loss reconnects
+//! (failover, backoff) and restores the same queues, bindings and consumers by itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer, Event};
+use oslo_core::{Error, Result, Retry};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::connect::{amqp_code, is_durable_mismatch, Connector};
+use crate::topology::{consumer_arguments, Topology};
+
+/// Receives the deliveries of a subscription, on the consuming task (keep it short: decode,
+/// filter, forward).
+pub(crate) trait DeliveryHandler: Send + Sync + 'static {
+    /// One delivery from `queue`.
+    fn handle(&self, queue: &str, delivery: Delivery);
+}
+
+enum Command {
+    Stop(oneshot::Sender<()>),
+    Cleanup(oneshot::Sender<()>),
+}
+
+/// Handle on a supervised consuming connection.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// Why setting up a session failed.
+enum SetupError {
+    /// Retrying cannot help (authentication, a declaration the broker refuses).
+    Fatal(Error),
+    /// The connection failed; try again.
+    Retryable(Error),
+}
+
+impl SetupError {
+    fn into_error(self) -> Error {
+        match self {
+            SetupError::Fatal(e) | SetupError::Retryable(e) => e,
+        }
+    }
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    tags: Vec<String>,
+    forwarders: JoinSet<String>,
+    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+}
+
+impl Subscription {
+    /// Connect, declare and start consuming before returning, so the queues exist once this
+    /// returns. Connection failures are retried until `deadline` (forever without one);
+    /// authentication failures and refused declarations are returned at once.
+    pub(crate) async fn start(
+        connector: Arc<Connector>,
+        topology: Topology,
+        handler: Arc<dyn DeliveryHandler>,
+        deadline: Option<Instant>,
+        purpose: &'static str,
+    ) -> Result<Subscription> {
+        let topology = Arc::new(topology);
+        let session = loop {
+            match establish(&connector, &topology, &handler, deadline, purpose).await {
+                Ok(session) => break session,
+                Err(SetupError::Fatal(error)) => return Err(error),
+                Err(SetupError::Retryable(error)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(error);
+                    }
+                    tracing::warn!(purpose, error = %error, "setting up the consumer failed; retrying");
+                    tokio::time::sleep(connector.config().retry_interval(1)).await;
+                }
+            }
+        };
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(supervise(session, receiver, connector, topology, handler, purpose));
+        Ok(Subscription { commands })
+    }
+
+    /// Cancel the consumers (no new deliveries); the connection stays for acks and cleanup.
+    pub(crate) async fn stop(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.commands.send(Command::Stop(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Delete the topology's private queues and close the connection.
+    pub(crate) async fn cleanup(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.commands.send(Command::Cleanup(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn supervise(
+    session: Session,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    connector: Arc<Connector>,
+    topology: Arc<Topology>,
+    handler: Arc<dyn DeliveryHandler>,
+    purpose: &'static str,
+) {
+    let mut session = Some(session);
+    let mut stopped = false;
+    loop {
+        match session.as_mut() {
+            Some(live) => {
+                let lost = tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(Command::Stop(ack)) => {
+                            if !stopped {
+                                live.cancel_consumers().await;
+                                stopped = true;
+                            }
+                            let _ = ack.send(());
+                            None
+                        }
+                        Some(Command::Cleanup(ack)) => {
+                            if !stopped {
+                                live.cancel_consumers().await;
+                            }
+                            live.cleanup(&topology.delete_on_cleanup).await;
+                            let _ = ack.send(());
+                            return;
+                        }
+                        None => {
+                            // Every handle dropped without cleanup: release the connection.
+                            live.close().await;
+                            return;
+                        }
+                    },
+                    reason = live.broken(), if !stopped => Some(reason),
+                };
+                if let Some(reason) = lost {
+                    tracing::warn!(purpose, reason = %reason, "AMQP connection lost; reconnecting and restoring the consumers");
+                    if let Some(old) = session.take() {
+                        old.abandon();
+                    }
+                }
+            }
+            None if stopped => match commands.recv().await {
+                Some(Command::Stop(ack)) => {
+                    let _ = ack.send(());
+                }
+                Some(Command::Cleanup(ack)) => {
+                    let _ = ack.send(());
+                    return;
+                }
+                None => return,
+            },
+            None => {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(Command::Stop(ack)) => {
+                            stopped = true;
+                            let _ = ack.send(());
+                        }
+                        Some(Command::Cleanup(ack)) => {
+                            let _ = ack.send(());
+                            return;
+                        }
+                        None => return,
+                    },
+                    restored = restore(&connector, &topology, &handler, purpose) => {
+                        tracing::info!(purpose, "consumers restored after reconnect");
+                        session = Some(restored);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reconnect until the topology is back (same queue names), waiting `kombu_reconnect_delay`
+/// first and backing off between failed setups.
+async fn restore(connector: &Arc<Connector>, topology: &Arc<Topology>, handler: &Arc<dyn DeliveryHandler>, purpose: &'static str) -> Session {
+    tokio::time::sleep(connector.config().reconnect_delay()).await;
+    let mut failures: u32 = 0;
+    loop {
+        match establish(connector, topology, handler, None, purpose).await {
+            Ok(session) => return session,
+            Err(setup) => {
+                failures += 1;
+                let fatal = matches!(setup, SetupError::Fatal(_));
+                let error = setup.into_error();
+                // A refused login or declaration will not fix itself quickly: back off to the
+                // maximum interval at once instead of storming the broker.
+                let wait = if fatal {
+                    Duration::from_secs(connector.config().rabbit_interval_max.max(1) as u64)
+                } else {
+                    connector.config().retry_interval(failures)
+                };
+                tracing::error!(purpose, error = %error, retry_in = wait.as_secs(), "restoring the consumers failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn setup_error(connection: &Connection, error: lapin::Error, what: &str) -> SetupError {
+    let message = format!("{what}: {error}");
+    if connection.status().connected() && amqp_code(&error).is_some() && !error.is_amqp_hard_error() {
+        // A channel-level refusal (PRECONDITION_FAILED, ACCESS_REFUSED, NOT_FOUND...).
+        SetupError::Fatal(Error::transport(crate::DRIVER_NAME, message, false))
+    } else {
+        SetupError::Retryable(Error::transport(crate::DRIVER_NAME, message, true))
+    }
+}
+
+async fn open_channel(connection: &Connection, prefetch: u16) -> std::result::Result<Channel, SetupError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| setup_error(connection, e, "opening a channel"))?;
+    if prefetch > 0 {
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| setup_error(connection, e, "basic.qos"))?;
+    }
+    Ok(channel)
+}
+
+async fn establish(
+    connector: &Arc<Connector>,
+    topology: &Arc<Topology>,
+    handler: &Arc<dyn DeliveryHandler>,
+    deadline: Option<Instant>,
+    purpose: &'static str,
+) -> std::result::Result<Session, SetupError> {
+    let connection = connector.connect(Retry::Forever, deadline, purpose).await.map_err(|error| match error {
+        Error::MessageDeliveryFailure { .. } => SetupError::Retryable(error),
+        other => SetupError::Fatal(other),
+    })?;
+    let events = Box::pin(connection.events_listener());
+    let prefetch = connector.config().rabbit_qos_prefetch_count;
+    let mut channel = open_channel(&connection, prefetch).await?;
+
+    for exchange in &topology.exchanges {
+        let options = ExchangeDeclareOptions {
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            ..ExchangeDeclareOptions::default()
+        };
+        let declared = channel
+            .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
+            .await;
+        match declared {
+            Ok(()) => {}
+            Err(error) if exchange.durable && is_durable_mismatch(&error) => {
+                tracing::info!(exchange = %exchange.name, "Retrying to declare the exchange as non durable");
+                channel = open_channel(&connection, prefetch).await?;
+                let options = ExchangeDeclareOptions { durable: false, ..options };
+                channel
+                    .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
+                    .await
+                    .map_err(|e| setup_error(&connection, e, &format!("declaring exchange {:?}", exchange.name)))?;
+            }
+            Err(error) => return Err(setup_error(&connection, error, &format!("declaring exchange {:?}", exchange.name))),
+        }
+    }
+    for queue in &topology.queues {
+        let options = QueueDeclareOptions {
+            durable: queue.durable,
+            auto_delete: queue.auto_delete,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel.queue_declare(queue.name.as_str().into(), options, queue.arguments.clone()).await;
+        match declared {
+            Ok(_) => {}
+            Err(error) if queue.durable && is_durable_mismatch(&error) => {
+                tracing::warn!(queue = %queue.name, error = %error, "Queue could not be declared probably because of conflicting configurations; retrying non durable");
+                channel = open_channel(&connection, prefetch).await?;
+                let options = QueueDeclareOptions { durable: false, ..options };
+                channel
+                    .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
+                    .await
+                    .map_err(|e| setup_error(&connection, e, &format!("declaring queue {:?}", queue.name)))?;
+            }
+            Err(error) => return Err(setup_error(&connection, error, &format!("declaring queue {:?}", queue.name))),
+        }
+    }
+    for binding in &topology.bindings {
+        channel
+            .queue_bind(
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| setup_error(&connection, e, &format!("binding queue {:?} to {:?}", binding.queue, binding.exchange)))?;
+    }
+
+    let arguments = consumer_arguments(connector.config());
+    let mut forwarders = JoinSet::new();
+    let mut tags = Vec::new();
+    for (index, queue) in topology.consume.iter().enumerate() {
+        // oslo numbers its consumer tags per connection: "1", "2", "3".
+        let tag = (index + 1).to_string();
+        let consumer = channel
+            .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), arguments.clone())
+            .await
+            .map_err(|e| setup_error(&connection, e, &format!("consuming from queue {queue:?}")))?;
+        forwarders.spawn(forward(consumer, queue.clone(), handler.clone()));
+        tags.push(tag);
+    }
+    Ok(Session {
+        connection,
+        channel,
+        tags,
+        forwarders,
+        events,
+    })
+}
+
+/// Pump one consumer's deliveries into the handler; returns why it ended.
+async fn forward(mut consumer: Consumer, queue: String, handler: Arc<dyn DeliveryHandler>) -> String {
+    let batch = std::env::var("RABBIT_BATCH_ACK").is_ok();
+    use futures::FutureExt;
+    while let Some(item) = consumer.next().await {
+        let mut last = None;
+        match item {
+            Ok(delivery) => { if batch { last = Some(delivery.acker.clone()); } handler.handle(&queue, delivery) },
+            Err(error) => return format!("consumer on queue {queue:?} failed: {error}"),
+        }
+        if batch {
+            while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                last = Some(delivery.acker.clone());
+                handler.handle(&queue, delivery);
+            }
+            if let Some(acker) = last { let _ = acker.ack(lapin::options::BasicAckOptions { multiple: true }).now_or_never(); }
+        }
+    }
+    format!("consumer on queue {queue:?} was cancelled")
+}
+
+impl Session {
+    /// Resolves when the connection or one of the consumers is gone.
+    async fn broken(&mut self) -> String {
+        loop {
+            tokio::select! {
+                event = self.events.next() => match event {
+                    Some(Event::Error(error)) => return format!("connection error: {error}"),
+                    Some(Event::ConnectionBlocked(reason)) => tracing::warn!(reason = %reason, "The broker has blocked the connection"),
+                    Some(Event::ConnectionUnblocked) => tracing::info!("The broker has unblocked the connection"),
+                    Some(_) => {}
+                    None => return "connection closed".into(),
+                },
+                Some(ended) = self.forwarders.join_next() => {
+                    return match ended {
+                        Ok(reason) => reason,
+                        Err(error) => format!("consumer task failed: {error}"),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn cancel_consumers(&mut self) {
+        for tag in &self.tags {
+            if let Err(error) = self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+                tracing::debug!(tag = %tag, error = %error, "basic.cancel failed");
+            }
+        }
+        // The consumer streams end after cancel-ok; do not wait long for stragglers.
+        let drained = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.forwarders.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.forwarders.abort_all();
+        }
+    }
+
+    async fn cleanup(&mut self, delete: &[String]) {
+        if self.connection.status().connected() {
+            for queue in delete {
+                match self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await {
+                    Ok(_) => tracing::debug!(queue = %queue, "deleted queue"),
+                    Err(error) => tracing::debug!(queue = %queue, error = %error, "deleting queue failed"),
+                }
+            }
+        }
+        self.close().await;
+    }
+
+    async fn close(&mut self) {
+        self.forwarders.abort_all();
+        if self.connection.status().connected() {
+            if let Err(error) = self.connection.close(200, "OK".into()).await {
+                tracing::debug!(error = %error, "closing the consumer connection failed");
+            }
+        }
+    }
+
+    fn abandon(mut self) {
+        self.forwarders.abort_all();
+        tokio::spawn(async move {
+            if self.connection.status().connected() {
+                let _ = self.connection.close(200, "OK".into()).await;
+            }
+        });
+    }
+}
