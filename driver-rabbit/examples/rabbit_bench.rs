@@ -47,7 +47,9 @@ async fn main() {
             let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("bench-server"))
                 .endpoint(
                     Endpoint::new()
-                        .method("echo", |_c, args: JsonMap| async move { Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null)) })
+                        .method("echo", |_c, args: JsonMap| async move {
+                            Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null))
+                        })
                         .method("record", move |_c, _args: Value| {
                             counter.fetch_add(1, Ordering::Relaxed);
                             async { Ok::<_, HandlerError>(()) }
@@ -57,6 +59,7 @@ async fn main() {
                             async move { Ok::<_, HandlerError>(n) }
                         }),
                 )
+                .executor_pool_size(std::env::var("BENCH_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(64))
                 .start()
                 .await
                 .expect("server");
@@ -164,8 +167,21 @@ async fn main() {
         }
         "raw-serve" => raw::serve(&topic, args.get(3).and_then(|a| a.parse().ok()).unwrap_or(120)).await,
         "raw-seq" => raw::seq(&topic, args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5000)).await,
+        "raw-cast" => {
+            raw::cast(
+                &topic,
+                args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000),
+                args.get(4).and_then(|a| a.parse().ok()).unwrap_or(256),
+            )
+            .await
+        }
         "raw-pipe" => {
-            raw::pipe(&topic, args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10), args.get(4).and_then(|a| a.parse().ok()).unwrap_or(64)).await
+            raw::pipe(
+                &topic,
+                args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10),
+                args.get(4).and_then(|a| a.parse().ok()).unwrap_or(64),
+            )
+            .await
         }
         other => eprintln!("unknown mode {other}: serve | seq | pipe | cast | raw-serve | raw-seq | raw-pipe"),
     }
@@ -186,7 +202,8 @@ mod raw {
     use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
     use tokio::sync::oneshot;
 
-    const BODY: &[u8] = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {\"value\": \"x\"}, \"_unique_id\": \"0123\"}"}"#;
+    const BODY: &[u8] =
+        br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {\"value\": \"x\"}, \"_unique_id\": \"0123\"}"}"#;
 
     async fn channel() -> (Connection, Channel) {
         let url = std::env::var("OSLO_TEST_RABBIT_URL").unwrap_or_else(|_| "rabbit://guest:guest@127.0.0.1:5672/".into());
@@ -199,10 +216,21 @@ mod raw {
     pub async fn serve(topic: &str, secs: u64) {
         let queue = format!("{topic}-raw");
         let (_connection, channel) = channel().await;
-        let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
-        channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap();
+        let options = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .unwrap();
         let mut consumer = channel
-            .basic_consume(queue.as_str().into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "raw".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let serve = async {
@@ -219,17 +247,92 @@ mod raw {
                 });
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(secs), serve).await;
+        // One-way sink for raw-cast: ack every message as the oslo server does.
+        let sink = format!("{topic}-rawcast");
+        channel
+            .queue_declare(sink.as_str().into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        let mut casts = channel
+            .basic_consume(
+                sink.as_str().into(),
+                "rawcast".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let sink_channel = channel.clone();
+        let drain = async move {
+            use futures::FutureExt;
+            while let Some(Ok(delivery)) = casts.next().await {
+                let _ = sink_channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .now_or_never();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(secs), futures::future::join(serve, drain)).await;
+    }
+
+    /// Publisher-confirmed one-way sends to the raw sink, `inflight` publishers on one channel.
+    pub async fn cast(topic: &str, n: u64, inflight: u64) {
+        let (_connection, channel) = channel().await;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let sink = format!("{topic}-rawcast");
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for worker in 0..inflight {
+            let channel = channel.clone();
+            let sink = sink.clone();
+            let share = n / inflight + u64::from(worker < n % inflight);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..share {
+                    let confirm = channel
+                        .basic_publish(
+                            "".into(),
+                            sink.as_str().into(),
+                            BasicPublishOptions::default(),
+                            BODY,
+                            BasicProperties::default(),
+                        )
+                        .await
+                        .unwrap();
+                    assert!(confirm.await.unwrap().is_ack());
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        println!(
+            "raw-cast: {n} publishes with confirms, {inflight} publishers: {:.0}/s",
+            n as f64 / started.elapsed().as_secs_f64()
+        );
     }
 
     async fn reply_queue(channel: &Channel) -> (String, lapin::Consumer) {
         let queue = channel
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let name = queue.name().to_string();
         let consumer = channel
-            .basic_consume(name.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         (name, consumer)
@@ -242,8 +345,13 @@ mod raw {
         let mut latencies = Vec::new();
         for i in 0..(n + 500) {
             let t = Instant::now();
-            let properties = BasicProperties::default().with_reply_to(reply_to.as_str().into()).with_correlation_id(i.to_string().into());
-            channel.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), BODY, properties).await.unwrap();
+            let properties = BasicProperties::default()
+                .with_reply_to(reply_to.as_str().into())
+                .with_correlation_id(i.to_string().into());
+            channel
+                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), BODY, properties)
+                .await
+                .unwrap();
             let delivery = replies.next().await.unwrap().unwrap();
             delivery.ack(BasicAckOptions::default()).await.unwrap();
             if i >= 500 {
@@ -292,8 +400,13 @@ mod raw {
                     let id = format!("{worker}-{i}");
                     let (sender, receiver) = oneshot::channel();
                     waiting.lock().unwrap().insert(id.clone(), sender);
-                    let properties = BasicProperties::default().with_reply_to(reply_to.as_str().into()).with_correlation_id(id.into());
-                    channel.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), BODY, properties).await.unwrap();
+                    let properties = BasicProperties::default()
+                        .with_reply_to(reply_to.as_str().into())
+                        .with_correlation_id(id.into());
+                    channel
+                        .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), BODY, properties)
+                        .await
+                        .unwrap();
                     receiver.await.unwrap();
                     if t >= warmup_end {
                         done += 1;

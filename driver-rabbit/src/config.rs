@@ -355,7 +355,10 @@ impl RabbitConfig {
             ));
         }
         if self.rabbit_stream_fanout {
-            return Err(Error::configuration("rabbit_stream_fanout", "stream fanout queues are not supported by this driver"));
+            return Err(Error::configuration(
+                "rabbit_stream_fanout",
+                "stream fanout queues are not supported by this driver",
+            ));
         }
         if let Some(compression) = &self.kombu_compression {
             return Err(Error::configuration(
@@ -375,7 +378,11 @@ impl RabbitConfig {
     /// The wait before reconnecting after a lost connection: `kombu_reconnect_delay` plus a
     /// random part of `kombu_reconnect_splay`.
     pub fn reconnect_delay(&self) -> Duration {
-        let splay = if self.kombu_reconnect_splay > 0.0 { self.kombu_reconnect_splay * crate::util::random_unit() } else { 0.0 };
+        let splay = if self.kombu_reconnect_splay > 0.0 {
+            self.kombu_reconnect_splay * crate::util::random_unit()
+        } else {
+            0.0
+        };
         Duration::from_secs_f64((self.kombu_reconnect_delay + splay).max(0.0))
     }
 
@@ -383,7 +390,11 @@ impl RabbitConfig {
     /// `interval_start + interval_step * (rounds - 1)` capped at `interval_max`.
     pub fn retry_interval(&self, rounds: u32) -> Duration {
         let step = self.rabbit_retry_backoff.max(0).saturating_mul(i64::from(rounds.saturating_sub(1)));
-        let seconds = self.rabbit_retry_interval.max(0).saturating_add(step).min(self.rabbit_interval_max.max(1));
+        let seconds = self
+            .rabbit_retry_interval
+            .max(0)
+            .saturating_add(step)
+            .min(self.rabbit_interval_max.max(1));
         Duration::from_secs(seconds.max(0) as u64)
     }
 
@@ -407,7 +418,10 @@ pub(crate) fn parse_bool(option: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "on" | "yes" => Ok(true),
         "false" | "0" | "off" | "no" => Ok(false),
-        _ => Err(Error::configuration(option, format!("Value {value:?} is not a valid boolean for option {option}"))),
+        _ => Err(Error::configuration(
+            option,
+            format!("Value {value:?} is not a valid boolean for option {option}"),
+        )),
     }
 }
 
@@ -417,10 +431,16 @@ fn parse_int(option: &str, value: &str, min: Option<i64>, max: Option<i64>) -> R
         .parse()
         .map_err(|_| Error::configuration(option, format!("Value {value:?} is not a valid integer for option {option}")))?;
     if let Some(min) = min.filter(|min| parsed < *min) {
-        return Err(Error::configuration(option, format!("Should be greater than or equal to {min}, got {parsed}")));
+        return Err(Error::configuration(
+            option,
+            format!("Should be greater than or equal to {min}, got {parsed}"),
+        ));
     }
     if let Some(max) = max.filter(|max| parsed > *max) {
-        return Err(Error::configuration(option, format!("Should be less than or equal to {max}, got {parsed}")));
+        return Err(Error::configuration(
+            option,
+            format!("Should be less than or equal to {max}, got {parsed}"),
+        ));
     }
     Ok(parsed)
 }
@@ -433,10 +453,16 @@ fn parse_float(option: &str, value: &str, min: Option<f64>, max: Option<f64>) ->
         .filter(|v: &f64| v.is_finite())
         .ok_or_else(|| Error::configuration(option, format!("Value {value:?} is not a valid float for option {option}")))?;
     if let Some(min) = min.filter(|min| parsed < *min) {
-        return Err(Error::configuration(option, format!("Should be greater than or equal to {min}, got {parsed}")));
+        return Err(Error::configuration(
+            option,
+            format!("Should be greater than or equal to {min}, got {parsed}"),
+        ));
     }
     if let Some(max) = max.filter(|max| parsed > *max) {
-        return Err(Error::configuration(option, format!("Should be less than or equal to {max}, got {parsed}")));
+        return Err(Error::configuration(
+            option,
+            format!("Should be less than or equal to {max}, got {parsed}"),
+        ));
     }
     Ok(parsed)
 }
@@ -477,7 +503,17 @@ mod tests {
 
     #[test]
     fn booleans_like_oslo_config() {
-        for (text, expected) in [("true", true), ("TRUE", true), ("1", true), ("yes", true), ("On", true), ("false", false), ("0", false), ("No", false), ("off", false)] {
+        for (text, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("On", true),
+            ("false", false),
+            ("0", false),
+            ("No", false),
+            ("off", false),
+        ] {
             let c = RabbitConfig::from_options(&options(&[("ssl", text)])).unwrap();
             assert_eq!(c.ssl, expected, "{text}");
         }
@@ -530,7 +566,10 @@ mod tests {
             ("kombu_compression", "gzip"),
         ] {
             let err = RabbitConfig::from_options(&options(&[(key, value)])).unwrap_err();
-            assert!(matches!(&err, Error::Configuration { option, .. } if option == key), "{key}={value}: {err}");
+            assert!(
+                matches!(&err, Error::Configuration { option, .. } if option == key),
+                "{key}={value}: {err}"
+            );
         }
         assert!(RabbitConfig::from_options(&options(&[("kombu_reconnect_delay", "4.5")])).is_ok());
     }
@@ -538,7 +577,10 @@ mod tests {
     #[test]
     fn quorum_and_ha_conflict() {
         let err = RabbitConfig::from_options(&options(&[("rabbit_quorum_queue", "true"), ("rabbit_ha_queues", "true")])).unwrap_err();
-        assert!(matches!(&err, Error::Configuration { option, .. } if option == "rabbit_quorum_queue"), "{err}");
+        assert!(
+            matches!(&err, Error::Configuration { option, .. } if option == "rabbit_quorum_queue"),
+            "{err}"
+        );
     }
 
     #[test]

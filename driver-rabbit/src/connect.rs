@@ -152,7 +152,11 @@ impl Connector {
                 return Err(self.exhausted(attempts, &last_error));
             }
             let interval = self.config.retry_interval(rounds);
-            tracing::info!(seconds = interval.as_secs_f64(), purpose, "trying again after a full round over the AMQP servers");
+            tracing::info!(
+                seconds = interval.as_secs_f64(),
+                purpose,
+                "trying again after a full round over the AMQP servers"
+            );
             match deadline {
                 Some(deadline) if Instant::now() + interval >= deadline => {
                     tokio::time::sleep_until(deadline).await;
@@ -165,7 +169,10 @@ impl Connector {
 
     fn exhausted(&self, attempts: u32, last_error: &str) -> Error {
         Error::MessageDeliveryFailure {
-            message: format!("Unable to connect to AMQP server on {} after {attempts} tries: {last_error}", self.url_display),
+            message: format!(
+                "Unable to connect to AMQP server on {} after {attempts} tries: {last_error}",
+                self.url_display
+            ),
             retryable: true,
         }
     }
@@ -174,9 +181,11 @@ impl Connector {
     async fn connect_to(&self, broker: &BrokerAddress, budget: Duration) -> Result<Connection, ConnectFailure> {
         let uri = broker.to_amqp_uri(&self.config);
         let tls = self.tls_config().map_err(ConnectFailure::Fatal)?;
-        let name = self.config.connection_name.clone().unwrap_or_else(|| {
-            format!("{}:{}:{}", crate::config::process_name(), std::process::id(), uuid::Uuid::new_v4())
-        });
+        let name = self
+            .config
+            .connection_name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}:{}", crate::config::process_name(), std::process::id(), uuid::Uuid::new_v4()));
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let runtime = lapin::runtime::default_runtime().map_err(|e| ConnectFailure::Fatal(Error::transport(DRIVER_NAME, e, false)))?;
         let attempt = Connection::connect_uri_with_config(uri, properties, tls, runtime);
@@ -192,9 +201,8 @@ impl Connector {
         if !self.config.ssl {
             return Ok(tls);
         }
-        let read = |option: &str, path: &str| {
-            std::fs::read(path).map_err(|e| Error::configuration(option, format!("cannot read {path}: {e}")))
-        };
+        let read =
+            |option: &str, path: &str| std::fs::read(path).map_err(|e| Error::configuration(option, format!("cannot read {path}: {e}")));
         if !self.config.ssl_ca_file.is_empty() {
             let pem = read("ssl_ca_file", &self.config.ssl_ca_file)?;
             tls.cert_chain = Some(String::from_utf8(pem).map_err(|_| Error::configuration("ssl_ca_file", "not a PEM text file"))?);
@@ -207,7 +215,12 @@ impl Connector {
                     key: read("ssl_key_file", &self.config.ssl_key_file)?,
                 });
             }
-            (true, false) => return Err(Error::configuration("ssl_cert_file", "ssl_key_file is set but ssl_cert_file is not")),
+            (true, false) => {
+                return Err(Error::configuration(
+                    "ssl_cert_file",
+                    "ssl_key_file is set but ssl_cert_file is not",
+                ))
+            }
             (false, true) => return Err(Error::configuration("ssl_key_file", "ssl_cert_file is set but ssl_key_file is not")),
         }
         Ok(tls)
@@ -276,7 +289,10 @@ mod tests {
             },
         );
         let err = c.tls_config().unwrap_err();
-        assert!(matches!(&err, Error::Configuration { option, .. } if option == "ssl_ca_file"), "{err}");
+        assert!(
+            matches!(&err, Error::Configuration { option, .. } if option == "ssl_ca_file"),
+            "{err}"
+        );
         let c = connector(
             "rabbit://h1/",
             RabbitConfig {

@@ -114,7 +114,9 @@ impl RabbitDriver {
     /// Register a factory for this driver under every name in [`SCHEMES`].
     pub fn register(registry: &DriverRegistry) {
         for scheme in SCHEMES {
-            registry.register(scheme, |url, config| Ok(Arc::new(RabbitDriver::new(url, config)?) as Arc<dyn Driver>));
+            registry.register(scheme, |url, config| {
+                Ok(Arc::new(RabbitDriver::new(url, config)?) as Arc<dyn Driver>)
+            });
         }
     }
 
@@ -134,7 +136,11 @@ impl RabbitDriver {
     }
 
     fn exchange_for(&self, target: &Target) -> String {
-        target.exchange.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| self.inner.control_exchange.clone())
+        target
+            .exchange
+            .clone()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| self.inner.control_exchange.clone())
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -147,8 +153,8 @@ impl RabbitDriver {
         Ok(())
     }
 
-    /// The reply queue, declared and consumed on first use (bounded by `deadline`).
-    async fn reply_queue(&self, deadline: Option<Instant>) -> Result<&str> {
+    /// The reply queue, declared and consumed on first use (callers bound the wait).
+    async fn reply_queue(&self) -> Result<&str> {
         let inner = &self.inner;
         let queue = inner
             .reply_queue
@@ -162,7 +168,7 @@ impl RabbitDriver {
                 let handler = Arc::new(ReplyHandler {
                     waiters: inner.waiters.clone(),
                 });
-                let subscription = Subscription::start(inner.connector.clone(), topology, handler, deadline, "reply").await?;
+                let subscription = Subscription::start(inner.connector.clone(), topology, handler, None, "reply").await?;
                 tracing::debug!(reply_queue = %name, "reply queue declared");
                 Ok::<_, Error>(ReplyQueue { name, subscription })
             })
@@ -175,10 +181,11 @@ impl RabbitDriver {
         let deadline = options.timeout.map(|t| started + t);
         let timed_out = |what: &str| Error::timeout(format!("Timed out {what} after {:?}.", options.timeout.unwrap_or_default()));
         let reply_q = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.reply_queue(Some(deadline)))
+            // The deadline cancels the setup from outside, so it always ends as a timeout.
+            Some(deadline) => tokio::time::timeout_at(deadline, self.reply_queue())
                 .await
                 .map_err(|_| timed_out("declaring the reply queue"))??,
-            None => self.reply_queue(None).await?,
+            None => self.reply_queue().await?,
         }
         .to_string();
         let msg_id = codec::new_id();
@@ -231,10 +238,14 @@ fn routing_key(topic: &str, server: Option<&str>) -> String {
 }
 
 fn require_topic(target: &Target) -> Result<&str> {
-    target.topic.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| Error::InvalidTarget {
-        reason: "A topic is required to send or notify".into(),
-        target: target.to_string(),
-    })
+    target
+        .topic
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::InvalidTarget {
+            reason: "A topic is required to send or notify".into(),
+            target: target.to_string(),
+        })
 }
 
 #[async_trait]
@@ -286,7 +297,11 @@ impl Driver for RabbitDriver {
         self.ensure_open()?;
         let routing_key = require_topic(target)?;
         let inner = codec::encode_request(message, context, None, &codec::new_id());
-        let body = if envelope { codec::encode_envelope(&inner)? } else { codec::encode_plain(&inner)? };
+        let body = if envelope {
+            codec::encode_envelope(&inner)?
+        } else {
+            codec::encode_plain(&inner)?
+        };
         let exchange = topology::topic_exchange(&self.inner.config, &self.exchange_for(target));
         // The notifier declares and binds `<topic>.<priority>` so notifications are kept until
         // someone consumes them (oslo `_publish_and_creates_default_queue`).
@@ -306,10 +321,14 @@ impl Driver for RabbitDriver {
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
         self.ensure_open()?;
         let topic = require_topic(target)?;
-        let server = target.server.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| Error::InvalidTarget {
-            reason: "A server's target must have topic and server names specified".into(),
-            target: target.to_string(),
-        })?;
+        let server = target
+            .server
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::InvalidTarget {
+                reason: "A server's target must have topic and server names specified".into(),
+                target: target.to_string(),
+            })?;
         let exchange = self.exchange_for(target);
         let fanout_queue = topology::new_fanout_queue_name(topic);
         let topology = topology::rpc_server(&self.inner.config, &exchange, topic, server, &fanout_queue);

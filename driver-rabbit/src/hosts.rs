@@ -71,7 +71,11 @@ impl BrokerAddress {
             .hosts
             .iter()
             .map(|host| BrokerAddress {
-                host: host.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into()),
+                host: host
+                    .hostname
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into()),
                 port: host.port.unwrap_or(DEFAULT_PORT),
                 username: host.username.clone().unwrap_or_else(|| "guest".into()),
                 password: host.password.clone().unwrap_or_else(|| Secret::new("guest")),
@@ -94,7 +98,11 @@ impl BrokerAddress {
     /// percent-encoded (so the default vhost `/` is `%2F`): `amqp[s]://user:pass@host:port/vhost`.
     /// Use only where a URI string must be handed to something that authenticates; never log it.
     pub fn expose_uri(&self, tls: bool) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!(
             "{}://{}:{}@{}:{}/{}",
             if tls { "amqps" } else { "amqp" },

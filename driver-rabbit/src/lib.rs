@@ -21,6 +21,36 @@
 //!   certificate. TLS is covered by configuration unit tests only; no TLS broker was available
 //!   to test against.
 //!
+//! # Connections, channels and acknowledgements
+//!
+//! * **Sending**: one connection per driver. Calls, casts, notifications and replies share one
+//!   confirm-mode channel; every publisher awaits its own confirm without holding a lock, so
+//!   confirms are windowed. `at_least_once` casts and call-monitor heartbeats lease a
+//!   confirm-mode channel of their own for one publish (see the `publisher` module notes on
+//!   why returned messages need this care with lapin).
+//! * **Replies** (client side): one connection, one `reply_<uuid hex>` queue per driver,
+//!   declared on the first call; replies are acked on arrival without waiting for lapin's I/O
+//!   thread and routed with [`oslo_core::reply::ReplyWaiters`].
+//! * **Listeners**: one connection and channel per `listen` / `listen_for_notifications`.
+//!   Deliveries are decoded on the consuming task and handed out through a channel, so
+//!   [`oslo_core::Listener::next`] is cancel safe. Malformed messages (no
+//!   `application/json` content type, not JSON, bad envelope) are logged and rejected without
+//!   requeue; duplicate `_unique_id`s (16-entry window) are acked and dropped. RPC requests are
+//!   acked when the server takes them (before dispatch), notifications when the listener says so.
+//! * `rabbit_qos_prefetch_count` (0 = unlimited, oslo's default) bounds what a listener holds
+//!   unacknowledged; set it to bound memory when servers fall behind.
+//!
+//! # Tests
+//!
+//! Broker tests are gated on `OSLO_TEST_RABBIT_URL` and skip (saying so) without it:
+//!
+//! ```sh
+//! OSLO_TEST_RABBIT_URL=rabbit://guest:guest@127.0.0.1:5672/ cargo test -p driver-rabbit
+//! ```
+//!
+//! The topology and reconnect tests also use `rabbitmqctl` (run as root) when it is available.
+//! `examples/rabbit_bench.rs` measures latency and throughput against raw lapin.
+//!
 //! ```no_run
 //! # async fn demo() -> oslo_core::Result<()> {
 //! let registry = oslo_core::DriverRegistry::new();

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::Acker;
+use lapin::Channel;
 use oslo_core::codec::{self, DuplicateFilter, IncomingRequest, JsonMap, Reply};
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result, Retry};
@@ -44,14 +44,20 @@ pub(crate) fn decode_delivery(delivery: &Delivery) -> std::result::Result<JsonMa
     codec::decode_body(&delivery.data).map_err(|e| e.to_string())
 }
 
-/// Fire an ack without waiting for the I/O thread (the frame is queued synchronously).
-fn ack_now(acker: &Acker) {
-    let _ = acker.ack(BasicAckOptions::default()).now_or_never();
+/// Queue a `basic.ack` without waiting for the I/O thread: the first poll of
+/// `Channel::basic_ack` checks the channel and pushes the frame synchronously. (Going through
+/// `Acker` would add a hop through lapin's internal RPC task and a spawned task per ack.)
+/// Returns the error if the channel is already closed.
+fn ack_now(channel: &Channel, delivery_tag: u64) -> std::result::Result<(), lapin::Error> {
+    match channel.basic_ack(delivery_tag, BasicAckOptions::default()).now_or_never() {
+        Some(Err(error)) => Err(error),
+        _ => Ok(()),
+    }
 }
 
-/// Fire a reject without waiting for the I/O thread.
-fn reject_now(acker: &Acker, requeue: bool) {
-    let _ = acker.reject(BasicRejectOptions { requeue }).now_or_never();
+/// Queue a `basic.reject` without waiting for the I/O thread.
+fn reject_now(channel: &Channel, delivery_tag: u64, requeue: bool) {
+    let _ = channel.basic_reject(delivery_tag, BasicRejectOptions { requeue }).now_or_never();
 }
 
 /// Sends replies and call-monitor heartbeats to callers' reply queues.
@@ -127,7 +133,10 @@ impl Replier {
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {
                     return Err(Error::MessageDeliveryFailure {
-                        message: format!("could not send the reply {msg_id} to {reply_q} within {} seconds", timeout.as_secs()),
+                        message: format!(
+                            "could not send the reply {msg_id} to {reply_q} within {} seconds",
+                            timeout.as_secs()
+                        ),
                         retryable: true,
                     })
                 }
@@ -157,7 +166,12 @@ impl Replier {
 
 impl ReturnedReplies for Replier {
     fn retry_returned_reply(self: Arc<Self>, reply_q: String, msg_id: String, body: Vec<u8>) {
-        let started = *self.retrying.lock().expect("retry table poisoned").entry(msg_id.clone()).or_insert_with(Instant::now);
+        let started = *self
+            .retrying
+            .lock()
+            .expect("retry table poisoned")
+            .entry(msg_id.clone())
+            .or_insert_with(Instant::now);
         tokio::spawn(async move {
             if self.obsolete.contains(&reply_q) {
                 tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
@@ -183,7 +197,8 @@ enum Kind {
 #[derive(Debug)]
 struct RabbitIncoming {
     request: IncomingRequest,
-    acker: Acker,
+    channel: Channel,
+    delivery_tag: u64,
     kind: Kind,
     replied: AtomicBool,
 }
@@ -229,24 +244,22 @@ impl IncomingMessage for RabbitIncoming {
     }
 
     async fn acknowledge(&self) -> Result<()> {
-        if self.acker.poisoned() {
-            return Err(Error::MessageDeliveryFailure {
-                message: "the channel closed before the message could be acknowledged; it will be redelivered".into(),
-                retryable: true,
-            });
-        }
+        let closed = || Error::MessageDeliveryFailure {
+            message: "the channel closed before the message could be acknowledged; it will be redelivered".into(),
+            retryable: true,
+        };
         match &self.kind {
             // RPC requests: queue the ack and go on (at-most-once, acked before dispatch);
             // waiting for the I/O thread would add to every call's latency.
-            Kind::Rpc { .. } => {
-                if std::env::var("RABBIT_BATCH_ACK").is_err() { ack_now(&self.acker); }
-                Ok(())
-            }
+            Kind::Rpc { .. } => ack_now(&self.channel, self.delivery_tag).map_err(|_| closed()),
             Kind::Notification { recent } => {
-                self.acker.ack(BasicAckOptions::default()).await.map_err(|e| Error::MessageDeliveryFailure {
-                    message: format!("Failed to acknowledge received message: {e}"),
-                    retryable: true,
-                })?;
+                self.channel
+                    .basic_ack(self.delivery_tag, BasicAckOptions::default())
+                    .await
+                    .map_err(|e| Error::MessageDeliveryFailure {
+                        message: format!("Failed to acknowledge received message: {e}"),
+                        retryable: true,
+                    })?;
                 if let Some(unique_id) = &self.request.unique_id {
                     recent.add(unique_id);
                 }
@@ -256,10 +269,9 @@ impl IncomingMessage for RabbitIncoming {
     }
 
     async fn requeue(&self) -> Result<()> {
-        self.acker
-            .reject(BasicRejectOptions { requeue: true })
+        self.channel
+            .basic_reject(self.delivery_tag, BasicRejectOptions { requeue: true })
             .await
-            .map(|_| ())
             .map_err(|e| Error::MessageDeliveryFailure {
                 message: format!("Failed to requeue received message: {e}"),
                 retryable: true,
@@ -277,25 +289,26 @@ pub(crate) struct RpcHandler {
 }
 
 impl DeliveryHandler for RpcHandler {
-    fn handle(&self, queue: &str, delivery: Delivery) {
+    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
         let request = match decode_delivery(&delivery) {
             Ok(map) => codec::decode_request(map),
             Err(reason) => {
                 tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
-                reject_now(&delivery.acker, false);
+                reject_now(channel, delivery.delivery_tag, false);
                 return;
             }
         };
         if let Some(unique_id) = &request.unique_id {
             if !self.seen.lock().expect("duplicate filter poisoned").check_and_add(unique_id) {
                 tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
-                ack_now(&delivery.acker);
+                let _ = ack_now(channel, delivery.delivery_tag);
                 return;
             }
         }
         let message = RabbitIncoming {
             request,
-            acker: delivery.acker,
+            channel: channel.clone(),
+            delivery_tag: delivery.delivery_tag,
             kind: Kind::Rpc {
                 replier: self.replier.clone(),
             },
@@ -314,40 +327,48 @@ pub(crate) struct NotificationHandler {
 }
 
 impl DeliveryHandler for NotificationHandler {
-    fn handle(&self, queue: &str, delivery: Delivery) {
+    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
         let request = match decode_delivery(&delivery) {
             Ok(map) => codec::decode_request(map),
             Err(reason) => {
                 tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
-                reject_now(&delivery.acker, false);
+                reject_now(channel, delivery.delivery_tag, false);
                 return;
             }
         };
         if let Some(unique_id) = &request.unique_id {
             if self.recent.contains(unique_id) {
                 tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
-                ack_now(&delivery.acker);
+                let _ = ack_now(channel, delivery.delivery_tag);
                 return;
             }
         }
         let message = RabbitIncoming {
             request,
-            acker: delivery.acker,
-            kind: Kind::Notification { recent: self.recent.clone() },
+            channel: channel.clone(),
+            delivery_tag: delivery.delivery_tag,
+            kind: Kind::Notification {
+                recent: self.recent.clone(),
+            },
             replied: AtomicBool::new(false),
         };
         let _ = self.outbox.send(Box::new(message));
     }
 }
 
-/// Routes replies arriving on the client's reply queue to the waiting calls; acks each at once.
+/// Routes replies arriving on the client's reply queue to the waiting calls (the subscription
+/// acks them on receipt).
 pub(crate) struct ReplyHandler {
     pub(crate) waiters: ReplyWaiters,
 }
 
 impl DeliveryHandler for ReplyHandler {
-    fn handle(&self, queue: &str, delivery: Delivery) {
-        if std::env::var("RABBIT_BATCH_ACK").is_err() { ack_now(&delivery.acker); }
+    // The reply queue is the only consumer on its channel: replies are acked per burst.
+    fn acks_on_receipt(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, queue: &str, _channel: &Channel, delivery: Delivery) {
         match decode_delivery(&delivery).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
             Ok(reply) => {
                 self.waiters.deliver(reply);

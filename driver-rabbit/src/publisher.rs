@@ -21,9 +21,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::message::BasicReturnMessage;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
 use oslo_core::codec;
 use oslo_core::{Error, Result, Retry};
@@ -94,17 +94,28 @@ enum Failure {
 fn classify(connection: &Connection, error: lapin::Error) -> Failure {
     match amqp_code(&error) {
         Some(codes::ACCESS_REFUSED) => {
-            return Failure::Fatal(Error::transport(crate::DRIVER_NAME, format!("access refused by the broker: {error}"), false))
+            return Failure::Fatal(Error::transport(
+                crate::DRIVER_NAME,
+                format!("access refused by the broker: {error}"),
+                false,
+            ))
         }
         Some(codes::PRECONDITION_FAILED) => {
-            return Failure::Fatal(Error::transport(crate::DRIVER_NAME, format!("declaration refused by the broker: {error}"), false))
+            return Failure::Fatal(Error::transport(
+                crate::DRIVER_NAME,
+                format!("declaration refused by the broker: {error}"),
+                false,
+            ))
         }
         _ => {}
     }
     let connection_lost = !connection.status().connected()
         || error.is_io_error()
         || error.is_amqp_hard_error()
-        || matches!(error.kind(), ErrorKind::MissingHeartbeatError | ErrorKind::InvalidConnectionState(_));
+        || matches!(
+            error.kind(),
+            ErrorKind::MissingHeartbeatError | ErrorKind::InvalidConnectionState(_)
+        );
     Failure::Retryable {
         reason: error.to_string(),
         connection_lost,
@@ -399,11 +410,19 @@ impl SendConnection {
         if let Some(returned) = returned {
             let mine = returned.delivery.routing_key.as_str() == out.routing_key && returned.delivery.data == out.body;
             if mine && out.mandatory {
-                tracing::debug!(exchange = out.exchange_name(), routing_key = out.routing_key, reply_code = returned.reply_code, "message returned by the broker");
+                tracing::debug!(
+                    exchange = out.exchange_name(),
+                    routing_key = out.routing_key,
+                    reply_code = returned.reply_code,
+                    "message returned by the broker"
+                );
                 return Err(Failure::Undeliverable);
             }
             if mine {
-                tracing::warn!(reply_code = returned.reply_code, "unexpected basic.return on a non-mandatory publish");
+                tracing::warn!(
+                    reply_code = returned.reply_code,
+                    "unexpected basic.return on a non-mandatory publish"
+                );
             } else {
                 // Another publisher's message, surfaced on this confirm (multiple ack).
                 returns.route(returned);
@@ -466,7 +485,11 @@ impl SendConnection {
             ..QueueDeclareOptions::default()
         };
         let mut lease = self.lease().await?;
-        if let Err(error) = lease.channel().queue_declare(spec.name.as_str().into(), options, spec.arguments.clone()).await {
+        if let Err(error) = lease
+            .channel()
+            .queue_declare(spec.name.as_str().into(), options, spec.arguments.clone())
+            .await
+        {
             if !(spec.durable && is_durable_mismatch(&error)) {
                 return Err(classify(&self.connection, error));
             }
@@ -482,7 +505,13 @@ impl SendConnection {
         }
         lease
             .channel()
-            .queue_bind(spec.name.as_str().into(), exchange.into(), routing_key.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                spec.name.as_str().into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| classify(&self.connection, e))?;
         lease.done = true;
@@ -520,7 +549,9 @@ pub(crate) struct ReturnRouter {
 
 impl std::fmt::Debug for ReturnRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReturnRouter").field("calls", &self.calls.lock().map(|c| c.len()).unwrap_or(0)).finish()
+        f.debug_struct("ReturnRouter")
+            .field("calls", &self.calls.lock().map(|c| c.len()).unwrap_or(0))
+            .finish()
     }
 }
 
@@ -533,7 +564,10 @@ impl ReturnRouter {
     /// Watch for the request of call `msg_id` being returned; register before publishing.
     pub(crate) fn watch_call(&self, msg_id: &str) -> CallWatch<'_> {
         let (sender, receiver) = oneshot::channel();
-        self.calls.lock().expect("return router poisoned").insert(msg_id.to_string(), sender);
+        self.calls
+            .lock()
+            .expect("return router poisoned")
+            .insert(msg_id.to_string(), sender);
         CallWatch {
             router: self,
             msg_id: msg_id.to_string(),
@@ -551,7 +585,11 @@ impl ReturnRouter {
             .map(str::to_string);
         if delivery.exchange.as_str().is_empty() {
             // A reply or heartbeat to a missing reply queue.
-            let ending = fields.as_ref().and_then(|f| f.get("ending")).and_then(Value::as_bool).unwrap_or(false);
+            let ending = fields
+                .as_ref()
+                .and_then(|f| f.get("ending"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             match (ending, msg_id, self.replies.get().and_then(Weak::upgrade)) {
                 (true, Some(msg_id), Some(handler)) => {
                     tracing::debug!(routing_key = %delivery.routing_key, "returned reply routed to the reply retrier");

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
 use oslo_core::{Error, Result, Retry};
@@ -22,8 +25,15 @@ use crate::topology::{consumer_arguments, Topology};
 /// Receives the deliveries of a subscription, on the consuming task (keep it short: decode,
 /// filter, forward).
 pub(crate) trait DeliveryHandler: Send + Sync + 'static {
-    /// One delivery from `queue`.
-    fn handle(&self, queue: &str, delivery: Delivery);
+    /// One delivery from `queue`, received on `channel` (settle it there: ack / reject).
+    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery);
+
+    /// Whether the subscription itself acks every delivery on receipt, one `basic.ack` with
+    /// `multiple` per burst, instead of the handler settling each. Only valid for a topology
+    /// with a single consumer per channel (a multiple ack covers the whole channel).
+    fn acks_on_receipt(&self) -> bool {
+        false
+    }
 }
 
 enum Command {
@@ -148,7 +158,7 @@ async fn supervise(
                     reason = live.broken(), if !stopped => Some(reason),
                 };
                 if let Some(reason) = lost {
-                    tracing::warn!(purpose, reason = %reason, "AMQP connection lost; reconnecting and restoring the consumers");
+                    tracing::warn!(purpose, reason = %reason, "AMQP connection or consumer lost; reconnecting and restoring the consumers");
                     if let Some(old) = session.take() {
                         old.abandon();
                     }
@@ -189,7 +199,12 @@ async fn supervise(
 
 /// Reconnect until the topology is back (same queue names), waiting `kombu_reconnect_delay`
 /// first and backing off between failed setups.
-async fn restore(connector: &Arc<Connector>, topology: &Arc<Topology>, handler: &Arc<dyn DeliveryHandler>, purpose: &'static str) -> Session {
+async fn restore(
+    connector: &Arc<Connector>,
+    topology: &Arc<Topology>,
+    handler: &Arc<dyn DeliveryHandler>,
+    purpose: &'static str,
+) -> Session {
     tokio::time::sleep(connector.config().reconnect_delay()).await;
     let mut failures: u32 = 0;
     loop {
@@ -244,10 +259,13 @@ async fn establish(
     deadline: Option<Instant>,
     purpose: &'static str,
 ) -> std::result::Result<Session, SetupError> {
-    let connection = connector.connect(Retry::Forever, deadline, purpose).await.map_err(|error| match error {
-        Error::MessageDeliveryFailure { .. } => SetupError::Retryable(error),
-        other => SetupError::Fatal(other),
-    })?;
+    let connection = connector
+        .connect(Retry::Forever, deadline, purpose)
+        .await
+        .map_err(|error| match error {
+            Error::MessageDeliveryFailure { .. } => SetupError::Retryable(error),
+            other => SetupError::Fatal(other),
+        })?;
     let events = Box::pin(connection.events_listener());
     let prefetch = connector.config().rabbit_qos_prefetch_count;
     let mut channel = open_channel(&connection, prefetch).await?;
@@ -281,7 +299,9 @@ async fn establish(
             auto_delete: queue.auto_delete,
             ..QueueDeclareOptions::default()
         };
-        let declared = channel.queue_declare(queue.name.as_str().into(), options, queue.arguments.clone()).await;
+        let declared = channel
+            .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
+            .await;
         match declared {
             Ok(_) => {}
             Err(error) if queue.durable && is_durable_mismatch(&error) => {
@@ -306,7 +326,13 @@ async fn establish(
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| setup_error(&connection, e, &format!("binding queue {:?} to {:?}", binding.queue, binding.exchange)))?;
+            .map_err(|e| {
+                setup_error(
+                    &connection,
+                    e,
+                    &format!("binding queue {:?} to {:?}", binding.queue, binding.exchange),
+                )
+            })?;
     }
 
     let arguments = consumer_arguments(connector.config());
@@ -316,10 +342,15 @@ async fn establish(
         // oslo numbers its consumer tags per connection: "1", "2", "3".
         let tag = (index + 1).to_string();
         let consumer = channel
-            .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), arguments.clone())
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                arguments.clone(),
+            )
             .await
             .map_err(|e| setup_error(&connection, e, &format!("consuming from queue {queue:?}")))?;
-        forwarders.spawn(forward(consumer, queue.clone(), handler.clone()));
+        forwarders.spawn(forward(consumer, channel.clone(), queue.clone(), handler.clone()));
         tags.push(tag);
     }
     Ok(Session {
@@ -332,21 +363,43 @@ async fn establish(
 }
 
 /// Pump one consumer's deliveries into the handler; returns why it ended.
-async fn forward(mut consumer: Consumer, queue: String, handler: Arc<dyn DeliveryHandler>) -> String {
-    let batch = std::env::var("RABBIT_BATCH_ACK").is_ok();
+async fn forward(mut consumer: Consumer, channel: Channel, queue: String, handler: Arc<dyn DeliveryHandler>) -> String {
     use futures::FutureExt;
+    let ack_on_receipt = handler.acks_on_receipt();
     while let Some(item) = consumer.next().await {
-        let mut last = None;
-        match item {
-            Ok(delivery) => { if batch { last = Some(delivery.acker.clone()); } handler.handle(&queue, delivery) },
+        let delivery = match item {
+            Ok(delivery) => delivery,
             Err(error) => return format!("consumer on queue {queue:?} failed: {error}"),
+        };
+        if !ack_on_receipt {
+            handler.handle(&queue, &channel, delivery);
+            continue;
         }
-        if batch {
-            while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                last = Some(delivery.acker.clone());
-                handler.handle(&queue, delivery);
+        // Take the whole burst that is already here, then ack it with one frame.
+        let mut last_tag = delivery.delivery_tag;
+        handler.handle(&queue, &channel, delivery);
+        let mut ended = None;
+        loop {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => {
+                    last_tag = delivery.delivery_tag;
+                    handler.handle(&queue, &channel, delivery);
+                }
+                Some(Some(Err(error))) => {
+                    ended = Some(format!("consumer on queue {queue:?} failed: {error}"));
+                    break;
+                }
+                Some(None) => {
+                    ended = Some(format!("consumer on queue {queue:?} was cancelled"));
+                    break;
+                }
+                None => break,
             }
-            if let Some(acker) = last { let _ = acker.ack(lapin::options::BasicAckOptions { multiple: true }).now_or_never(); }
+        }
+        // The first poll queues the frame; not waiting keeps lapin's I/O thread off the path.
+        let _ = channel.basic_ack(last_tag, BasicAckOptions { multiple: true }).now_or_never();
+        if let Some(reason) = ended {
+            return reason;
         }
     }
     format!("consumer on queue {queue:?} was cancelled")
@@ -393,7 +446,11 @@ impl Session {
     async fn cleanup(&mut self, delete: &[String]) {
         if self.connection.status().connected() {
             for queue in delete {
-                match self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await {
+                match self
+                    .channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                {
                     Ok(_) => tracing::debug!(queue = %queue, "deleted queue"),
                     Err(error) => tracing::debug!(queue = %queue, error = %error, "deleting queue failed"),
                 }

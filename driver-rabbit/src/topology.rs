@@ -161,7 +161,11 @@ pub(crate) fn rpc_server(config: &RabbitConfig, exchange: &str, topic: &str, ser
     let fanout = fanout_exchange(config, topic);
     Topology {
         exchanges: vec![topic_exchange(config, exchange), fanout.clone()],
-        queues: vec![topic_queue(config, topic), topic_queue(config, &server_queue), fanout_queue(config, fanout_queue_name)],
+        queues: vec![
+            topic_queue(config, topic),
+            topic_queue(config, &server_queue),
+            fanout_queue(config, fanout_queue_name),
+        ],
         bindings: vec![
             BindingSpec {
                 queue: topic.to_string(),
@@ -309,14 +313,20 @@ mod tests {
     #[test]
     fn notification_pools_bind_once_per_key_and_consume_once() {
         let c = RabbitConfig::default();
-        let keys = vec![("openstack".to_string(), "n.info".to_string()), ("openstack".to_string(), "n.error".to_string())];
+        let keys = vec![
+            ("openstack".to_string(), "n.info".to_string()),
+            ("openstack".to_string(), "n.error".to_string()),
+        ];
         let t = notification_listener(&c, &keys, None);
         assert_eq!(t.consume, ["n.info", "n.error"]);
         assert_eq!(t.exchanges.len(), 1);
         let t = notification_listener(&c, &keys, Some("pool1"));
         assert_eq!(t.consume, ["pool1"]);
         assert_eq!(t.queues.len(), 1);
-        assert_eq!(t.bindings.iter().map(|b| b.routing_key.as_str()).collect::<Vec<_>>(), ["n.info", "n.error"]);
+        assert_eq!(
+            t.bindings.iter().map(|b| b.routing_key.as_str()).collect::<Vec<_>>(),
+            ["n.info", "n.error"]
+        );
         assert!(t.delete_on_cleanup.is_empty());
     }
 

@@ -17,9 +17,15 @@ type Log = Arc<Mutex<Vec<Value>>>;
 fn endpoint(log: Log) -> Endpoint {
     let record_log = log.clone();
     Endpoint::new()
-        .method("echo", |_ctxt, args: JsonMap| async move { Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null)) })
-        .method("context", |ctxt: JsonMap, _args: Value| async move { Ok::<_, HandlerError>(Value::Object(ctxt)) })
-        .method("fail", |_ctxt, _args: Value| async move { Err::<(), _>(HandlerError::new("ValueError", "boom")) })
+        .method("echo", |_ctxt, args: JsonMap| async move {
+            Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null))
+        })
+        .method("context", |ctxt: JsonMap, _args: Value| async move {
+            Ok::<_, HandlerError>(Value::Object(ctxt))
+        })
+        .method("fail", |_ctxt, _args: Value| async move {
+            Err::<(), _>(HandlerError::new("ValueError", "boom"))
+        })
         .method("sleep", |_ctxt, args: JsonMap| async move {
             let seconds = args.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
             tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -79,8 +85,19 @@ async fn call_cast_fanout_round_trip() {
     assert_eq!(monitored.call(&ctxt, "sleep", json!({"seconds": 3})).await.unwrap(), json!(3.0));
 
     client.cast(&ctxt, "record", json!({"value": "cast-1"})).await.unwrap();
-    client.prepare().fanout(true).cast(&ctxt, "record", json!({"value": "fanout-1"})).await.unwrap();
-    client.prepare().server("s1").at_least_once(true).cast(&ctxt, "record", json!({"value": "alo-1"})).await.unwrap();
+    client
+        .prepare()
+        .fanout(true)
+        .cast(&ctxt, "record", json!({"value": "fanout-1"}))
+        .await
+        .unwrap();
+    client
+        .prepare()
+        .server("s1")
+        .at_least_once(true)
+        .cast(&ctxt, "record", json!({"value": "alo-1"}))
+        .await
+        .unwrap();
     assert!(recorded(&log, 3).await, "casts arrive: {:?}", log.lock().unwrap());
     let mut got: Vec<String> = log.lock().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     got.sort();
@@ -97,7 +114,10 @@ async fn call_cast_fanout_round_trip() {
         assert_eq!(result.unwrap(), json!(i));
     }
 
-    let reply_q = client_driver.reply_queue_name().expect("reply queue exists after a call").to_string();
+    let reply_q = client_driver
+        .reply_queue_name()
+        .expect("reply queue exists after a call")
+        .to_string();
     server.shutdown().await;
     client_transport.cleanup().await;
     server_transport.cleanup().await;
@@ -117,13 +137,24 @@ async fn call_without_server_fails_fast_with_undeliverable() {
     let started = Instant::now();
     let err = client.call(&ctxt, "echo", json!({})).await.unwrap_err();
     let elapsed = started.elapsed();
-    assert!(matches!(&err, Error::MessageUndeliverable { exchange, routing_key } if exchange == "openstack" && routing_key == &topic), "{err}");
+    assert!(
+        matches!(&err, Error::MessageUndeliverable { exchange, routing_key } if exchange == "openstack" && routing_key == &topic),
+        "{err}"
+    );
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 
     let err = client.prepare().server("nobody").call(&ctxt, "echo", json!({})).await.unwrap_err();
-    assert!(matches!(&err, Error::MessageUndeliverable { routing_key, .. } if routing_key == &format!("{topic}.nobody")), "{err}");
+    assert!(
+        matches!(&err, Error::MessageUndeliverable { routing_key, .. } if routing_key == &format!("{topic}.nobody")),
+        "{err}"
+    );
     // at_least_once casts are mandatory too; plain casts are silently dropped, as in oslo.
-    let err = client.prepare().at_least_once(true).cast(&ctxt, "echo", json!({})).await.unwrap_err();
+    let err = client
+        .prepare()
+        .at_least_once(true)
+        .cast(&ctxt, "echo", json!({}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::MessageUndeliverable { .. }), "{err}");
     client.cast(&ctxt, "echo", json!({})).await.unwrap();
 
@@ -165,12 +196,21 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
         (b"this is not json".to_vec(), json_props()),
         (good_cast.clone(), BasicProperties::default()), // no content_type: kombu cannot decode it
         (br#"{"oslo.version": "3.0", "oslo.message": "{}"}"#.to_vec(), json_props()),
-        (br#"{"oslo.version": "2.0", "oslo.message": {"method": "record"}}"#.to_vec(), json_props()),
+        (
+            br#"{"oslo.version": "2.0", "oslo.message": {"method": "record"}}"#.to_vec(),
+            json_props(),
+        ),
         (br#"[1, 2, 3]"#.to_vec(), json_props()),
     ];
     for (body, properties) in bad {
         channel
-            .basic_publish("".into(), server_queue.as_str().into(), BasicPublishOptions::default(), &body, properties)
+            .basic_publish(
+                "".into(),
+                server_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
             .await
             .unwrap()
             .await
@@ -179,7 +219,13 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
     // The same message twice: the second is a duplicate (same _unique_id) and is dropped.
     for _ in 0..2 {
         channel
-            .basic_publish("".into(), topic.as_str().into(), BasicPublishOptions::default(), &good_cast, json_props())
+            .basic_publish(
+                "".into(),
+                topic.as_str().into(),
+                BasicPublishOptions::default(),
+                &good_cast,
+                json_props(),
+            )
             .await
             .unwrap()
             .await
@@ -188,7 +234,10 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
 
     let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(10));
     let ctxt = common::context();
-    assert_eq!(client.call(&ctxt, "echo", json!({"value": "still serving"})).await.unwrap(), json!("still serving"));
+    assert_eq!(
+        client.call(&ctxt, "echo", json!({"value": "still serving"})).await.unwrap(),
+        json!("still serving")
+    );
     assert!(recorded(&log, 1).await);
     client.cast(&ctxt, "record", json!({"value": "after"})).await.unwrap();
     assert!(recorded(&log, 2).await);
@@ -199,7 +248,14 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
     // Nothing malformed is left in (or requeued to) the server queue.
     let check = raw.create_channel().await.unwrap();
     let state = check
-        .queue_declare(server_queue.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            server_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     assert_eq!(state.message_count(), 0);
@@ -227,12 +283,24 @@ async fn notifications_are_kept_until_a_listener_comes() {
     }));
     // Sent before anyone listens: the notifier's own queue keeps them.
     let info = Target::new(format!("{topic}.info"));
-    driver.send_notification(&info, &common::context(), &message, true, Retry::Limited(3)).await.unwrap();
-    driver.send_notification(&info, &JsonMap::new(), &message, false, Retry::Limited(3)).await.unwrap();
+    driver
+        .send_notification(&info, &common::context(), &message, true, Retry::Limited(3))
+        .await
+        .unwrap();
+    driver
+        .send_notification(&info, &JsonMap::new(), &message, false, Retry::Limited(3))
+        .await
+        .unwrap();
 
-    let mut listener = driver.listen_for_notifications(&[(Target::new(&topic), "INFO".to_string())], None).await.unwrap();
+    let mut listener = driver
+        .listen_for_notifications(&[(Target::new(&topic), "INFO".to_string())], None)
+        .await
+        .unwrap();
     for expect_context in [true, false] {
-        let incoming = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("notification arrives").unwrap();
+        let incoming = tokio::time::timeout(Duration::from_secs(10), listener.next())
+            .await
+            .expect("notification arrives")
+            .unwrap();
         assert_eq!(incoming.message()["event_type"], "rt.event");
         assert_eq!(incoming.message()["payload"], json!({"k": "v"}));
         assert!(!incoming.message().contains_key("_unique_id"));
@@ -242,10 +310,19 @@ async fn notifications_are_kept_until_a_listener_comes() {
     }
 
     // Requeue gives the message back; it comes again (not taken for a duplicate).
-    driver.send_notification(&info, &JsonMap::new(), &message, true, Retry::Limited(3)).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.unwrap().unwrap();
+    driver
+        .send_notification(&info, &JsonMap::new(), &message, true, Retry::Limited(3))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .unwrap()
+        .unwrap();
     first.requeue().await.unwrap();
-    let again = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.unwrap().unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.message()["event_type"], "rt.event");
     again.acknowledge().await.unwrap();
 
@@ -255,7 +332,10 @@ async fn notifications_are_kept_until_a_listener_comes() {
         .await
         .unwrap();
     let error = Target::new(format!("{topic}.error"));
-    driver.send_notification(&error, &JsonMap::new(), &message, true, Retry::Limited(3)).await.unwrap();
+    driver
+        .send_notification(&error, &JsonMap::new(), &message, true, Retry::Limited(3))
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), pool_a.next()).await.unwrap().unwrap();
     got.acknowledge().await.unwrap();
 
@@ -264,7 +344,11 @@ async fn notifications_are_kept_until_a_listener_comes() {
     pool_a.stop().await;
     pool_a.cleanup().await;
     transport.cleanup().await;
-    common::delete_queues(&url, &[format!("{topic}.info"), format!("{topic}.error"), format!("{topic}-pool-a")]).await;
+    common::delete_queues(
+        &url,
+        &[format!("{topic}.info"), format!("{topic}.error"), format!("{topic}-pool-a")],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +366,11 @@ async fn wrong_password_fails_fast_without_leaking_it() {
     let client = RpcClient::new(transport.clone(), Target::new("rt-auth"));
     let started = Instant::now();
     let err = client.cast(&common::context(), "echo", json!({})).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "no retry storm: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no retry storm: {:?}",
+        started.elapsed()
+    );
     assert!(!err.is_retryable(), "{err}");
     let text = format!("{err} {err:?}");
     assert!(text.contains("ACCESS_REFUSED"), "{text}");
@@ -338,7 +426,10 @@ async fn returns_are_attributed_under_concurrency() {
             if i % 2 == 0 {
                 assert_eq!(result.unwrap(), json!(i), "round {round}");
             } else {
-                assert!(matches!(result, Err(Error::MessageUndeliverable { .. })), "round {round} call {i}: {result:?}");
+                assert!(
+                    matches!(result, Err(Error::MessageUndeliverable { .. })),
+                    "round {round} call {i}: {result:?}"
+                );
                 assert!(elapsed < Duration::from_secs(2), "round {round} call {i} took {elapsed:?}");
             }
         }
@@ -366,7 +457,9 @@ async fn replies_to_missing_queues_are_retried_then_dropped() {
         .unwrap();
     let raw = common::raw_connection(&url).await;
     let channel = raw.create_channel().await.unwrap();
-    let properties = BasicProperties::default().with_content_type("application/json".into()).with_content_encoding("utf-8".into());
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into());
     let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(20));
     let ctxt = common::context();
     for round in 0..3 {
@@ -384,7 +477,13 @@ async fn replies_to_missing_queues_are_retried_then_dropped() {
             ))
             .unwrap();
             channel
-                .basic_publish("".into(), topic.as_str().into(), BasicPublishOptions::default(), &body, properties.clone())
+                .basic_publish(
+                    "".into(),
+                    topic.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
                 .await
                 .unwrap();
         }

@@ -45,7 +45,10 @@ fn inner(body: &[u8]) -> JsonMap {
 
 fn fill(template: &str, inner: &JsonMap) -> String {
     let get = |key: &str| inner.get(key).and_then(Value::as_str).unwrap_or("?").to_string();
-    template.replace("MSG_ID", &get("_msg_id")).replace("REPLY_Q", &get("_reply_q")).replace("UNIQUE_ID", &get("_unique_id"))
+    template
+        .replace("MSG_ID", &get("_msg_id"))
+        .replace("REPLY_Q", &get("_reply_q"))
+        .replace("UNIQUE_ID", &get("_unique_id"))
 }
 
 fn assert_oslo_properties(delivery: &Delivery, expiration: Option<&str>) {
@@ -70,12 +73,27 @@ async fn next(consumer: &mut Consumer) -> Delivery {
 /// An exclusive, server-named capture queue.
 async fn capture_queue(channel: &Channel) -> (String, Consumer) {
     let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let name = queue.name().to_string();
     let consumer = channel
-        .basic_consume(name.as_str().into(), "capture".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            name.as_str().into(),
+            "capture".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     (name, consumer)
@@ -83,7 +101,13 @@ async fn capture_queue(channel: &Channel) -> (String, Consumer) {
 
 async fn publish_raw(channel: &Channel, exchange: &str, routing_key: &str, body: &str) {
     channel
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body.as_bytes(), py_properties())
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            py_properties(),
+        )
         .await
         .unwrap()
         .await
@@ -100,7 +124,12 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
     // Python's declarations of the exchanges; bind `<topic>.#` (not `#`, so other tests sharing
     // `openstack` are not disturbed) and the fanout exchange.
     channel
-        .exchange_declare("openstack".into(), ExchangeKind::Topic, ExchangeDeclareOptions::default(), FieldTable::default())
+        .exchange_declare(
+            "openstack".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let fanout = format!("{topic}_fanout");
@@ -108,14 +137,23 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
         .exchange_declare(
             fanout.as_str().into(),
             ExchangeKind::Fanout,
-            ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
         .unwrap();
     for (exchange, key) in [("openstack", format!("{topic}.#")), (fanout.as_str(), topic.clone())] {
         channel
-            .queue_bind(capture.as_str().into(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                capture.as_str().into(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     }
@@ -156,8 +194,17 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
     assert_eq!(request.routing_key.as_str(), format!("{topic}.wirecap-a"));
     assert_oslo_properties(&request, Some("10000"));
     let fields = inner(&request.data);
-    assert_eq!(String::from_utf8(request.data.clone()).unwrap(), fill(CALL_WHOAMI_MONITORED, &fields));
-    publish_raw(&channel, "", &reply_q, &PY_REPLY_UNSUPPORTED.replace("MSG_ID", fields["_msg_id"].as_str().unwrap())).await;
+    assert_eq!(
+        String::from_utf8(request.data.clone()).unwrap(),
+        fill(CALL_WHOAMI_MONITORED, &fields)
+    );
+    publish_raw(
+        &channel,
+        "",
+        &reply_q,
+        &PY_REPLY_UNSUPPORTED.replace("MSG_ID", fields["_msg_id"].as_str().unwrap()),
+    )
+    .await;
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.oslo_class(), "UnsupportedVersion", "{err}");
     assert!(err.to_string().contains("Endpoint does not support RPC version 2.0"), "{err}");
@@ -169,11 +216,19 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
     assert_oslo_properties(&cast, None);
     assert_eq!(String::from_utf8(cast.data.clone()).unwrap(), fill(CAST_RECORD, &inner(&cast.data)));
 
-    client.prepare().fanout(true).cast(&ctxt, "record", json!({"value": "fanout-1"})).await.unwrap();
+    client
+        .prepare()
+        .fanout(true)
+        .cast(&ctxt, "record", json!({"value": "fanout-1"}))
+        .await
+        .unwrap();
     let cast = next(&mut captured).await;
     assert_eq!((cast.exchange.as_str(), cast.routing_key.as_str()), (fanout.as_str(), ""));
     assert_oslo_properties(&cast, None);
-    assert_eq!(String::from_utf8(cast.data.clone()).unwrap(), fill(FANOUT_RECORD, &inner(&cast.data)));
+    assert_eq!(
+        String::from_utf8(cast.data.clone()).unwrap(),
+        fill(FANOUT_RECORD, &inner(&cast.data))
+    );
 
     // messagingv2 notification: routing key <topic>.<priority>, no expiration.
     let notification = oslo_core::context(json!({
@@ -186,11 +241,20 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
     }));
     use oslo_core::Driver;
     driver
-        .send_notification(&Target::new(format!("{topic}.info")), &JsonMap::new(), &notification, true, oslo_core::Retry::Limited(2))
+        .send_notification(
+            &Target::new(format!("{topic}.info")),
+            &JsonMap::new(),
+            &notification,
+            true,
+            oslo_core::Retry::Limited(2),
+        )
         .await
         .unwrap();
     let note = next(&mut captured).await;
-    assert_eq!((note.exchange.as_str(), note.routing_key.as_str()), ("openstack", format!("{topic}.info").as_str()));
+    assert_eq!(
+        (note.exchange.as_str(), note.routing_key.as_str()),
+        ("openstack", format!("{topic}.info").as_str())
+    );
     assert_oslo_properties(&note, None);
     let expected = r##"{"oslo.version": "2.0", "oslo.message": "{\"message_id\": \"4898fd74-82d2-4ffa-b3b6-ab3bb8a14ce9\", \"publisher_id\": \"wirecap-client.host1\", \"event_type\": \"wirecap.event\", \"priority\": \"INFO\", \"payload\": {\"k\": \"v2\"}, \"timestamp\": \"2026-11-24 14:38:27.154870\", \"_unique_id\": \"UNIQUE_ID\"}"}"##;
     assert_eq!(String::from_utf8(note.data.clone()).unwrap(), fill(expected, &inner(&note.data)));
@@ -208,7 +272,9 @@ async fn server_answers_python_requests_with_python_replies() {
     let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("wirecap-a"))
         .endpoint(
             Endpoint::new()
-                .method("echo", |_c, args: JsonMap| async move { Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null)) })
+                .method("echo", |_c, args: JsonMap| async move {
+                    Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(Value::Null))
+                })
                 .method("sleep", |_c, args: JsonMap| async move {
                     let seconds = args.get("seconds").and_then(Value::as_u64).unwrap_or(0);
                     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -225,7 +291,10 @@ async fn server_answers_python_requests_with_python_replies() {
     // A Python client's call (captured form) with _timeout=2: heartbeats, then the result.
     let msg_id = "37068d9ff8d6463098c8f2fbbaf8d58e";
     let request = CALL_WHOAMI_MONITORED
-        .replace("\\\"whoami\\\", \\\"args\\\": {}", "\\\"sleep\\\", \\\"args\\\": {\\\"seconds\\\": 3}")
+        .replace(
+            "\\\"whoami\\\", \\\"args\\\": {}",
+            "\\\"sleep\\\", \\\"args\\\": {\\\"seconds\\\": 3}",
+        )
         .replace("MSG_ID", msg_id)
         .replace("REPLY_Q", &capture)
         .replace("UNIQUE_ID", "1d1a18594286414b9892658e366abc0a");
@@ -239,16 +308,34 @@ async fn server_answers_python_requests_with_python_replies() {
         let text = String::from_utf8(reply.data.clone()).unwrap();
         if fields["ending"] == json!(false) {
             heartbeats += 1;
-            assert_eq!(text, fill(&PY_REPLY_HEARTBEAT.replace("c8a8b199242f4ce2bcfc18d67f1f4da6", "UNIQUE_ID").replace("MSG_ID", msg_id), &fields));
+            assert_eq!(
+                text,
+                fill(
+                    &PY_REPLY_HEARTBEAT
+                        .replace("c8a8b199242f4ce2bcfc18d67f1f4da6", "UNIQUE_ID")
+                        .replace("MSG_ID", msg_id),
+                    &fields
+                )
+            );
             continue;
         }
-        assert_eq!(text, fill(&PY_REPLY_FINAL.replace("6220ee28eedd47c4926d59102df3627c", "UNIQUE_ID").replace("MSG_ID", msg_id), &fields));
+        assert_eq!(
+            text,
+            fill(
+                &PY_REPLY_FINAL
+                    .replace("6220ee28eedd47c4926d59102df3627c", "UNIQUE_ID")
+                    .replace("MSG_ID", msg_id),
+                &fields
+            )
+        );
         break;
     }
     assert!(heartbeats >= 2, "heartbeats every int(_timeout)/2 s: got {heartbeats}");
 
     // A bare, un-enveloped request (no _context_*, no _unique_id) is served too.
-    let bare = format!(r#"{{"method": "echo", "args": {{"value": "bare"}}, "_msg_id": "fad3a259d70b429891321a093599c1ae", "_reply_q": "{capture}"}}"#);
+    let bare = format!(
+        r#"{{"method": "echo", "args": {{"value": "bare"}}, "_msg_id": "fad3a259d70b429891321a093599c1ae", "_reply_q": "{capture}"}}"#
+    );
     publish_raw(&channel, "openstack", &format!("{topic}.wirecap-a"), &bare).await;
     let reply = next(&mut replies).await;
     let fields = inner(&reply.data);
@@ -264,21 +351,46 @@ async fn server_answers_python_requests_with_python_replies() {
 }
 
 fn find<'a>(items: &'a [Value], name: &str) -> &'a Value {
-    items.iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("{name} not found"))
+    items
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not found"))
 }
 
 async fn redeclare_queue(channel_source: &lapin::Connection, name: &str, durable: bool, args: FieldTable) -> Result<(), lapin::Error> {
     let channel = channel_source.create_channel().await.unwrap();
     channel
-        .queue_declare(name.into(), QueueDeclareOptions { durable, ..Default::default() }, args)
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            args,
+        )
         .await
         .map(|_| ())
 }
 
-async fn redeclare_exchange(connection: &lapin::Connection, name: &str, kind: ExchangeKind, durable: bool, auto_delete: bool) -> Result<(), lapin::Error> {
+async fn redeclare_exchange(
+    connection: &lapin::Connection,
+    name: &str,
+    kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
+) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await.unwrap();
     channel
-        .exchange_declare(name.into(), kind, ExchangeDeclareOptions { durable, auto_delete, ..Default::default() }, FieldTable::default())
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable,
+                auto_delete,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
 }
 
@@ -300,22 +412,40 @@ async fn topology_matches_the_capture() {
     let raw = common::raw_connection(&url).await;
     let mut ttl = FieldTable::default();
     ttl.insert("x-expires".into(), AMQPValue::LongInt(1_800_000));
-    redeclare_queue(&raw, &topic, false, FieldTable::default()).await.expect("topic queue equivalent");
-    redeclare_queue(&raw, &format!("{topic}.s1"), false, FieldTable::default()).await.expect("server queue equivalent");
-    redeclare_queue(&raw, &reply_q, false, ttl.clone()).await.expect("reply queue equivalent");
-    redeclare_exchange(&raw, "openstack", ExchangeKind::Topic, false, false).await.expect("control exchange equivalent");
-    redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, false, true).await.expect("fanout exchange equivalent");
+    redeclare_queue(&raw, &topic, false, FieldTable::default())
+        .await
+        .expect("topic queue equivalent");
+    redeclare_queue(&raw, &format!("{topic}.s1"), false, FieldTable::default())
+        .await
+        .expect("server queue equivalent");
+    redeclare_queue(&raw, &reply_q, false, ttl.clone())
+        .await
+        .expect("reply queue equivalent");
+    redeclare_exchange(&raw, "openstack", ExchangeKind::Topic, false, false)
+        .await
+        .expect("control exchange equivalent");
+    redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, false, true)
+        .await
+        .expect("fanout exchange equivalent");
     // ...and the check is real: other arguments are refused.
     let mut short = FieldTable::default();
     short.insert("x-expires".into(), AMQPValue::LongInt(1000));
     assert!(redeclare_queue(&raw, &reply_q, false, short).await.is_err());
     assert!(redeclare_queue(&raw, &topic, true, FieldTable::default()).await.is_err());
-    assert!(redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, false, false).await.is_err());
+    assert!(
+        redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, false, false)
+            .await
+            .is_err()
+    );
 
     if let Some(queues) = common::list_queues().await {
         for name in [topic.clone(), format!("{topic}.s1")] {
             let q = find(&queues, &name);
-            assert_eq!((q["durable"].clone(), q["auto_delete"].clone(), q["exclusive"].clone()), (json!(false), json!(false), json!(false)), "{q}");
+            assert_eq!(
+                (q["durable"].clone(), q["auto_delete"].clone(), q["exclusive"].clone()),
+                (json!(false), json!(false), json!(false)),
+                "{q}"
+            );
             assert_eq!(q["arguments"], json!([]), "{q}");
             assert_eq!(q["consumers"], json!(1), "{q}");
         }
@@ -329,15 +459,24 @@ async fn topology_matches_the_capture() {
         assert_eq!((fq["durable"].clone(), fq["auto_delete"].clone()), (json!(false), json!(false)));
         assert_eq!(fq["arguments"], json!([["x-expires", "signedint", 1800000]]));
         let rq = find(&queues, &reply_q);
-        assert_eq!((rq["durable"].clone(), rq["auto_delete"].clone(), rq["exclusive"].clone()), (json!(false), json!(false), json!(false)));
+        assert_eq!(
+            (rq["durable"].clone(), rq["auto_delete"].clone(), rq["exclusive"].clone()),
+            (json!(false), json!(false), json!(false))
+        );
         assert_eq!(rq["arguments"], json!([["x-expires", "signedint", 1800000]]));
         assert_eq!(rq["consumers"], json!(1));
 
         let exchanges = common::list_exchanges().await.unwrap();
         let e = find(&exchanges, "openstack");
-        assert_eq!((e["type"].clone(), e["durable"].clone(), e["auto_delete"].clone()), (json!("topic"), json!(false), json!(false)));
+        assert_eq!(
+            (e["type"].clone(), e["durable"].clone(), e["auto_delete"].clone()),
+            (json!("topic"), json!(false), json!(false))
+        );
         let e = find(&exchanges, &format!("{topic}_fanout"));
-        assert_eq!((e["type"].clone(), e["durable"].clone(), e["auto_delete"].clone()), (json!("fanout"), json!(false), json!(true)));
+        assert_eq!(
+            (e["type"].clone(), e["durable"].clone(), e["auto_delete"].clone()),
+            (json!("fanout"), json!(false), json!(true))
+        );
 
         let bindings = common::list_bindings().await.unwrap();
         let has = |source: &str, dest: &str, key: &str| {
@@ -348,6 +487,18 @@ async fn topology_matches_the_capture() {
         assert!(has("openstack", &topic, &topic));
         assert!(has("openstack", &format!("{topic}.s1"), &format!("{topic}.s1")));
         assert!(has(&format!("{topic}_fanout"), fq["name"].as_str().unwrap(), &topic));
+
+        // oslo's connection name `<basename(argv0)>:<pid>:<uuid4>` and the AMQPLAIN login.
+        let argv0 = std::env::args().next().unwrap();
+        let prefix = format!(
+            "{}:{}:",
+            std::path::Path::new(&argv0).file_name().unwrap().to_string_lossy(),
+            std::process::id()
+        );
+        let rows = common::connection_rows().await.unwrap();
+        let ours: Vec<&String> = rows.iter().filter(|r| r.contains(&prefix)).collect();
+        assert!(ours.len() >= 3, "listener, reply and send connections named {prefix}...: {rows:?}");
+        assert!(ours.iter().all(|r| r.starts_with("AMQPLAIN")), "{ours:?}");
     } else {
         eprintln!("rabbitmqctl not available: checked by re-declaration only");
     }
@@ -356,7 +507,9 @@ async fn topology_matches_the_capture() {
     let fanout_queue_prefix = format!("{topic}_fanout_");
     server.shutdown().await;
     if let Some(queues) = common::list_queues().await {
-        assert!(!queues.iter().any(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&fanout_queue_prefix))));
+        assert!(!queues
+            .iter()
+            .any(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&fanout_queue_prefix))));
         find(&queues, &topic);
     }
     transport.cleanup().await;
@@ -389,12 +542,20 @@ async fn quorum_and_durable_options_change_the_declarations() {
     let mut quorum = FieldTable::default();
     quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     quorum.insert("x-delivery-limit".into(), AMQPValue::LongInt(5));
-    redeclare_queue(&raw, &topic, true, quorum.clone()).await.expect("quorum topic queue equivalent");
+    redeclare_queue(&raw, &topic, true, quorum.clone())
+        .await
+        .expect("quorum topic queue equivalent");
     let mut transient = quorum.clone();
     transient.insert("x-expires".into(), AMQPValue::LongInt(1_800_000));
-    redeclare_queue(&raw, &reply_q, true, transient).await.expect("transient quorum reply queue equivalent");
-    redeclare_exchange(&raw, &exchange, ExchangeKind::Topic, true, false).await.expect("durable exchange");
-    redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, true, true).await.expect("durable fanout exchange");
+    redeclare_queue(&raw, &reply_q, true, transient)
+        .await
+        .expect("transient quorum reply queue equivalent");
+    redeclare_exchange(&raw, &exchange, ExchangeKind::Topic, true, false)
+        .await
+        .expect("durable exchange");
+    redeclare_exchange(&raw, &format!("{topic}_fanout"), ExchangeKind::Fanout, true, true)
+        .await
+        .expect("durable fanout exchange");
 
     if let Some(queues) = common::list_queues().await {
         let q = find(&queues, &topic);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driver_rabbit::{BrokerAddress, RabbitDriver};
-use lapin::options::{QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use oslo_core::{Transport, TransportConfig, TransportUrl};
 use serde_json::Value;
@@ -16,7 +16,13 @@ pub fn broker_url() -> Option<String> {
     std::env::var("OSLO_TEST_RABBIT_URL").ok().filter(|u| !u.trim().is_empty())
 }
 
-/// `let url = require_broker!();` — skip the test when no broker is configured.
+/// Whether `OSLO_REQUIRE_BROKERS` (as in CI) names `rabbit`: then a missing URL is a failure.
+pub fn broker_required() -> bool {
+    std::env::var("OSLO_REQUIRE_BROKERS").is_ok_and(|v| v.split([',', ' ']).any(|b| b.trim() == "rabbit"))
+}
+
+/// `let url = require_broker!();` — skip the test when no broker is configured (fail instead
+/// when `OSLO_REQUIRE_BROKERS` names `rabbit`).
 #[macro_export]
 macro_rules! require_broker {
     () => {
@@ -25,6 +31,7 @@ macro_rules! require_broker {
                 common::init_tracing();
                 url
             }
+            None if common::broker_required() => panic!("OSLO_TEST_RABBIT_URL is not set but OSLO_REQUIRE_BROKERS names rabbit"),
             None => {
                 eprintln!("skipping: OSLO_TEST_RABBIT_URL not set");
                 return;
@@ -70,7 +77,9 @@ pub fn transport(url: &str, options: &[(&str, &str)]) -> (Transport, Arc<RabbitD
 pub async fn raw_connection(url: &str) -> Connection {
     let url = TransportUrl::parse(url).expect("test URL parses");
     let uri = BrokerAddress::from_url(&url)[0].expose_uri(false);
-    Connection::connect(&uri, ConnectionProperties::default()).await.expect("raw connection")
+    Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("raw connection")
 }
 
 /// Delete queues (missing ones are fine).
@@ -88,7 +97,9 @@ pub async fn delete_exchanges(url: &str, names: &[String]) {
     let connection = raw_connection(url).await;
     for name in names {
         let channel = connection.create_channel().await.expect("channel");
-        let _ = channel.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = channel
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
     let _ = connection.close(200, "OK".into()).await;
 }
@@ -106,7 +117,18 @@ pub fn rabbitmqctl(args: &[&str]) -> Option<String> {
 /// `rabbitmqctl list_queues` as JSON objects, or `None` without rabbitmqctl.
 pub async fn list_queues() -> Option<Vec<Value>> {
     tokio::task::spawn_blocking(|| {
-        let text = rabbitmqctl(&["list_queues", "name", "durable", "auto_delete", "exclusive", "arguments", "consumers", "--formatter", "json", "-q"])?;
+        let text = rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "arguments",
+            "consumers",
+            "--formatter",
+            "json",
+            "-q",
+        ])?;
         serde_json::from_str(&text).ok()
     })
     .await
@@ -116,7 +138,16 @@ pub async fn list_queues() -> Option<Vec<Value>> {
 /// `rabbitmqctl list_exchanges` as JSON objects, or `None` without rabbitmqctl.
 pub async fn list_exchanges() -> Option<Vec<Value>> {
     tokio::task::spawn_blocking(|| {
-        let text = rabbitmqctl(&["list_exchanges", "name", "type", "durable", "auto_delete", "--formatter", "json", "-q"])?;
+        let text = rabbitmqctl(&[
+            "list_exchanges",
+            "name",
+            "type",
+            "durable",
+            "auto_delete",
+            "--formatter",
+            "json",
+            "-q",
+        ])?;
         serde_json::from_str(&text).ok()
     })
     .await
@@ -126,8 +157,33 @@ pub async fn list_exchanges() -> Option<Vec<Value>> {
 /// `rabbitmqctl list_bindings` as JSON objects, or `None` without rabbitmqctl.
 pub async fn list_bindings() -> Option<Vec<Value>> {
     tokio::task::spawn_blocking(|| {
-        let text = rabbitmqctl(&["list_bindings", "source_name", "destination_name", "routing_key", "--formatter", "json", "-q"])?;
+        let text = rabbitmqctl(&[
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "routing_key",
+            "--formatter",
+            "json",
+            "-q",
+        ])?;
         serde_json::from_str(&text).ok()
+    })
+    .await
+    .ok()?
+}
+
+/// `rabbitmqctl list_connections auth_mechanism client_properties` rows (tab separated), or
+/// `None` without rabbitmqctl.
+pub async fn connection_rows() -> Option<Vec<String>> {
+    tokio::task::spawn_blocking(|| {
+        let text = rabbitmqctl(&[
+            "list_connections",
+            "auth_mechanism",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])?;
+        Some(text.lines().map(str::to_string).collect())
     })
     .await
     .ok()?
