@@ -2,7 +2,8 @@
 //!
 //! Server (`serve-raw QUEUE`): one connection, consumes QUEUE with manual ack and no prefetch
 //! limit (oslo's default `rabbit_qos_prefetch_count=0`), handles each delivery in its own task,
-//! **acks before acting** (as oslo does for RPC requests), then by the message's AMQP `type`:
+//! **acks before acting** (as oslo does for RPC requests; the ack is queued without awaiting
+//! lapin's I/O thread, as the driver does), then by the message's AMQP `type`:
 //! * `echo`: publish the body back to `reply_to` with the request's `correlation_id`;
 //! * `echo_c`: the same on a channel in confirm mode, awaiting the confirm (oslo-like replies);
 //! * `incr`: increment a counter (the cast target);
@@ -10,8 +11,8 @@
 //!
 //! Client: one connection; requests are published to the default exchange (routing key = the
 //! server's queue) with `reply_to` = a server-named exclusive reply queue consumed with manual
-//! ack; replies are matched to callers by correlation id (`HashMap<u64, oneshot>`), and acked
-//! in a task of their own after the caller is woken. Casts go through a channel in confirm
+//! ack; replies are matched to callers by correlation id (`HashMap<u64, oneshot>`) and acked
+//! (queued, not awaited) right after the caller is woken. Casts go through a channel in confirm
 //! mode and each cast awaits its own publisher confirm (callers run many casts concurrently,
 //! so confirms are windowed).
 
@@ -20,14 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 
 use crate::common::{err, stdin_eof, Res};
@@ -56,6 +58,14 @@ fn publish_options(oslo: bool, mandatory: bool) -> BasicPublishOptions {
         mandatory: oslo && mandatory,
         immediate: false,
     }
+}
+
+/// Acknowledge without waiting for lapin's I/O thread: `Acker::ack` hands the frame to the
+/// connection before its first await, so polling it once queues the ack (in order, ahead of
+/// anything published afterwards). The driver acks the same way; awaiting the ack instead
+/// (the floor of transport-notes.md §1) costs one more I/O-thread round trip per message.
+fn ack_now(acker: &Acker) {
+    let _ = acker.ack(BasicAckOptions::default()).now_or_never();
 }
 
 /// Connect to the broker (an `amqp://` URL).
@@ -129,10 +139,7 @@ pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, oslo_p
 }
 
 async fn handle(mut delivery: Delivery, ch: Channel, confirm_ch: Channel, counter: Arc<AtomicU64>, oslo: bool) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        eprintln!("raw server: ack failed: {e}");
-        return;
-    }
+    ack_now(&delivery.acker);
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
     match kind.as_deref() {
         Some("incr") => {
@@ -260,9 +267,7 @@ impl RawClient {
                         let _ = waiter.send(delivery.data);
                     }
                 }
-                tokio::spawn(async move {
-                    let _ = acker.ack(BasicAckOptions::default()).await;
-                });
+                ack_now(&acker);
             }
         });
         let value = "x".repeat(payload_len);

@@ -414,10 +414,12 @@ pub async fn run(opts: Opts) -> Res<()> {
         runner.ours_enabled,
         runner.python.is_some()
     );
+    runner.exe()?;
     let outcome = runner.run_all().await;
     // Always: stop servers, clean the broker, then report what we have.
     runner.stop_servers();
     runner.cleanup_broker().await;
+    let _ = std::fs::remove_file(runner.logdir.join("oslo-bench"));
     if let Err(e) = outcome {
         runner.notes.push(format!("run aborted: {e}"));
         println!("{}", runner.report(started.elapsed()));
@@ -441,8 +443,15 @@ pub async fn run(opts: Opts) -> Res<()> {
 }
 
 impl Runner {
-    fn exe() -> Res<PathBuf> {
-        std::env::current_exe().map_err(err("current_exe"))
+    /// The binary the servers run: a private copy made at start, so that a rebuild of
+    /// `target/release/oslo-bench` during the run (other engineers build too) cannot break it.
+    fn exe(&self) -> Res<PathBuf> {
+        let copy = self.logdir.join("oslo-bench");
+        if !copy.exists() {
+            let current = std::env::current_exe().map_err(err("current_exe"))?;
+            std::fs::copy(&current, &copy).map_err(|e| format!("copy {} to {}: {e}", current.display(), copy.display()))?;
+        }
+        Ok(copy)
     }
 
     fn start_server(&mut self, label: &str, cmd: Command, ready: Duration) -> Res<()> {
@@ -454,7 +463,7 @@ impl Runner {
     }
 
     fn start_servers(&mut self, name: &str) -> Res<()> {
-        let exe = Self::exe()?;
+        let exe = self.exe()?;
         let raw_queue = if name == "a" {
             &self.names.raw_queue_a
         } else {
