@@ -21,6 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) mod codes {
     /// Login refused, or no permission on a resource.
     pub const ACCESS_REFUSED: u16 = 403;
+    /// The exchange or queue does not exist.
+    pub const NOT_FOUND: u16 = 404;
     /// Declared with arguments different from the existing entity's.
     pub const PRECONDITION_FAILED: u16 = 406;
     /// No access to the virtual host.

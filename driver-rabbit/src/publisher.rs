@@ -87,6 +87,10 @@ enum Failure {
     Nacked,
     /// Retrying will not help.
     Fatal(Error),
+    /// The broker closed the channel with 404 NOT_FOUND (the exchange does not exist).
+    NotFound,
+    /// The cached auto-delete exchange was gone (404); redeclare it and try again at once.
+    ExchangeVanished,
     /// The connection (or only the channel) failed; try again.
     Retryable { reason: String, connection_lost: bool },
 }
@@ -156,6 +160,7 @@ impl Publisher {
     /// (`retryable: true`), the fatal error for refused declarations or permissions.
     pub(crate) async fn publish(&self, out: &Outgoing<'_>, retry: Retry) -> Result<()> {
         let mut attempt: u32 = 0;
+        let mut redeclared = false;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::MessageDeliveryFailure {
@@ -186,6 +191,17 @@ impl Publisher {
                     })
                 }
                 Failure::Fatal(error) => return Err(error),
+                Failure::NotFound | Failure::ExchangeVanished if !redeclared => {
+                    // Not a connection problem: redeclare once without counting a retry.
+                    redeclared = true;
+                    tracing::debug!(exchange = out.exchange_name(), "exchange vanished; redeclaring it");
+                }
+                Failure::NotFound | Failure::ExchangeVanished => {
+                    return Err(Error::MessageDeliveryFailure {
+                        message: format!("exchange {:?} vanished again right after it was redeclared", out.exchange_name()),
+                        retryable: true,
+                    })
+                }
                 Failure::Retryable { reason, connection_lost } => {
                     if connection_lost {
                         self.invalidate(&connection);
@@ -375,7 +391,7 @@ impl SendConnection {
             }
         }
         let properties = message_properties(out.expiration.as_deref());
-        if out.isolated {
+        let outcome = if out.isolated {
             let mut lease = self.lease().await?;
             let outcome = self.publish_on(lease.channel(), out, properties, returns).await;
             lease.done = outcome.is_ok() || matches!(outcome, Err(Failure::Undeliverable) | Err(Failure::Nacked));
@@ -383,6 +399,21 @@ impl SendConnection {
         } else {
             let channel = self.shared_channel().await?;
             self.publish_on(&channel, out, properties, returns).await
+        };
+        match outcome {
+            // An auto-delete (fanout) exchange is declared once and cached, as oslo does; when
+            // its last queue went away the broker deleted it and the publish fails with 404.
+            Err(Failure::NotFound) => match out.exchange.filter(|e| e.auto_delete) {
+                Some(exchange) => {
+                    self.exchanges.lock().expect("declare cache poisoned").remove(&exchange.name);
+                    Err(Failure::ExchangeVanished)
+                }
+                None => Err(Failure::Retryable {
+                    reason: format!("exchange {:?} not found", out.exchange_name()),
+                    connection_lost: false,
+                }),
+            },
+            other => other,
         }
     }
 
@@ -405,6 +436,7 @@ impl SendConnection {
             Ok(Confirmation::Ack(returned)) => (true, returned),
             Ok(Confirmation::Nack(returned)) => (false, returned),
             Ok(Confirmation::NotRequested) => (true, None),
+            Err(error) if amqp_code(&error) == Some(codes::NOT_FOUND) => return Err(Failure::NotFound),
             Err(error) => return Err(classify(&self.connection, error)),
         };
         if let Some(returned) = returned {
@@ -436,10 +468,9 @@ impl SendConnection {
     }
 
     async fn ensure_exchange(&self, spec: &ExchangeSpec) -> std::result::Result<(), Failure> {
-        // Auto-delete exchanges (fanout) can vanish at any time, so they are declared on
-        // every publish; others once per connection, like oslo's `_declared_exchanges`.
-        let cacheable = !spec.auto_delete;
-        if cacheable && self.exchanges.lock().expect("declare cache poisoned").contains(&spec.name) {
+        // Declared once per connection, like oslo's `_declared_exchanges`; an auto-delete
+        // (fanout) exchange that vanished is forgotten on the 404 and declared again.
+        if self.exchanges.lock().expect("declare cache poisoned").contains(&spec.name) {
             return Ok(());
         }
         let options = ExchangeDeclareOptions {
@@ -468,9 +499,7 @@ impl SendConnection {
             }
             Err(error) => return Err(classify(&self.connection, error)),
         }
-        if cacheable {
-            self.exchanges.lock().expect("declare cache poisoned").insert(spec.name.clone());
-        }
+        self.exchanges.lock().expect("declare cache poisoned").insert(spec.name.clone());
         Ok(())
     }
 

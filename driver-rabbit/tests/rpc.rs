@@ -507,3 +507,41 @@ async fn replies_to_missing_queues_are_retried_then_dropped() {
     server_transport.cleanup().await;
     common::delete_queues(&url, &[topic.clone(), format!("{topic}.s1"), reply_q]).await;
 }
+
+/// The fanout exchange is declared once and cached; when the broker deletes it (it is
+/// auto-delete) the next cast gets a 404, redeclares it and goes through, without a retry
+/// being counted (so even `Retry::Limited(0)` succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_exchange_deleted_under_the_publisher_is_redeclared() {
+    let url = require_broker!();
+    let (transport, _driver) = common::transport(&url, &[]);
+    let topic = common::unique("fanout-vanish");
+    let log: Log = Arc::default();
+    let client = RpcClient::new(transport.clone(), Target::new(&topic))
+        .fanout(true)
+        .retry(Retry::Limited(0));
+    // The first cast declares and caches `<topic>_fanout`.
+    client.cast(&common::context(), "record", json!({"value": 0})).await.unwrap();
+    // Delete it behind the publisher's back.
+    common::delete_exchanges(&url, &[format!("{topic}_fanout")]).await;
+    // No retry allowed, and nobody listens: must still succeed (the 404 redeclares it).
+    client
+        .cast(&common::context(), "record", json!({"value": 1}))
+        .await
+        .expect("cast after the exchange vanished");
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("s1"))
+        .endpoint(endpoint(log.clone()))
+        .start()
+        .await
+        .unwrap();
+    common::delete_exchanges(&url, &[format!("{topic}_fanout")]).await;
+    // The server's binding went with the exchange; a restarted server rebinds it, but here
+    // the client only has to redeclare and publish without error.
+    client
+        .cast(&common::context(), "record", json!({"value": 2}))
+        .await
+        .expect("second vanish");
+    server.shutdown().await;
+    transport.cleanup().await;
+    common::delete_queues(&url, &[topic.clone(), format!("{topic}.s1")]).await;
+}

@@ -78,6 +78,7 @@ pub fn cases() -> Vec<Case> {
         case!(cast_server_in_group),
         case!(cast_specific_server, server_targeting),
         case!(fanout_reaches_every_server_once, fanout),
+        case!(fanout_after_servers_restart, fanout),
         case!(call_timeout),
         case!(call_exception),
         case!(endpoint_version_namespace),
@@ -342,6 +343,45 @@ pub async fn fanout_reaches_every_server_once(transport: Transport) {
     for server in servers {
         server.shutdown().await;
     }
+}
+
+/// Fanout keeps working after every server of the topic went away and a new one started
+/// (on RabbitMQ the auto-delete fanout exchange is deleted and must be declared again).
+pub async fn fanout_after_servers_restart(transport: Transport) {
+    let topic = topic();
+    let client = client(&transport, &topic).fanout(true);
+    let first = Recorder::default();
+    let server = start_server(&transport, &topic, "server-a", first.clone()).await;
+    client.cast(&ctxt(), "record", json!({"value": 1})).await.expect("first fanout");
+    assert!(
+        eventually(Duration::from_secs(10), || first.values() == vec![json!(1)]).await,
+        "first server got it"
+    );
+    server.shutdown().await;
+    // Nobody listens now: the cast is dropped, but must not fail.
+    client
+        .cast(&ctxt(), "record", json!({"value": 0}))
+        .await
+        .expect("fanout with no server");
+    let second = Recorder::default();
+    let server = start_server(&transport, &topic, "server-b", second.clone()).await;
+    for value in 2..5 {
+        client
+            .cast(&ctxt(), "record", json!({"value": value}))
+            .await
+            .expect("fanout after restart");
+    }
+    let sorted = || {
+        let mut values: Vec<i64> = second.values().iter().filter_map(Value::as_i64).collect();
+        values.sort();
+        values
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || sorted() == vec![2, 3, 4]).await,
+        "new server got {:?}",
+        second.values()
+    );
+    server.shutdown().await;
 }
 
 /// A call whose reply does not come in time fails with `MessagingTimeout`, promptly.
