@@ -433,7 +433,7 @@ struct FakeIncoming {
 impl FakeIncoming {
     fn send_reply(&self, reply: Reply) -> Result<()> {
         // Round-trip through the codec exactly as a broker hop would.
-        let body = codec::encode_envelope(&reply.to_map())?;
+        let body = reply.encode()?;
         let reply = Reply::from_map(codec::decode_body(&body)?)?;
         self.bus.replies.deliver(reply);
         Ok(())

@@ -104,7 +104,7 @@ impl Replier {
             tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
             return Ok(());
         }
-        let body = codec::encode_envelope(&reply.to_map())?;
+        let body = reply.encode()?;
         self.send_reply_body(reply_q, &msg_id, &body, Instant::now(), false).await
     }
 
@@ -147,7 +147,7 @@ impl Replier {
     /// Send one call-monitor heartbeat; a missing reply queue is an error (the server then
     /// stops heartbeating, as oslo's watchdog does).
     pub(crate) async fn send_heartbeat(&self, reply_q: &str, msg_id: &str) -> Result<()> {
-        let body = codec::encode_envelope(&Reply::heartbeat(msg_id).to_map())?;
+        let body = Reply::heartbeat(msg_id).encode()?;
         let limit = self.config.missing_consumer_retry_timeout().max(Duration::from_secs(1));
         match tokio::time::timeout(limit, self.publish(reply_q, &body, true)).await {
             Ok(Ok(())) => Ok(()),

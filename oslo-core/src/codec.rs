@@ -93,6 +93,77 @@ pub fn encode_request(message: &JsonMap, context: &JsonMap, call: Option<&CallFi
     map
 }
 
+/// Encode a request (or notification) body straight from its parts, without building the
+/// flattened dict first: the same bytes as `encode_envelope(&encode_request(..))` (or
+/// `encode_plain` when `envelope` is false), with no copy of the arguments.
+pub fn encode_request_body(
+    message: &JsonMap,
+    context: &JsonMap,
+    call: Option<&CallFields<'_>>,
+    unique_id: &str,
+    envelope: bool,
+) -> Result<Vec<u8>> {
+    let view = RequestView {
+        message,
+        context,
+        call,
+        unique_id,
+    };
+    if !envelope {
+        return Ok(pyjson::to_vec(&view)?);
+    }
+    let inner_text = pyjson::to_string(&view)?;
+    Ok(pyjson::to_vec(&Envelope { message: &inner_text })?)
+}
+
+/// The flattened request dict, serialized in Python's key order without being built.
+struct RequestView<'a> {
+    message: &'a JsonMap,
+    context: &'a JsonMap,
+    call: Option<&'a CallFields<'a>>,
+    unique_id: &'a str,
+}
+
+impl serde::Serialize for RequestView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let extra = if self.call.is_some() { 4 } else { 1 };
+        let mut map = serializer.serialize_map(Some(self.message.len() + extra + self.context.len()))?;
+        for (key, value) in self.message {
+            map.serialize_entry(key, value)?;
+        }
+        if let Some(call) = self.call {
+            map.serialize_entry("_msg_id", call.msg_id)?;
+            map.serialize_entry("_reply_q", call.reply_q)?;
+            map.serialize_entry("_timeout", &call.call_monitor_timeout.map_or(Value::Null, seconds_value))?;
+        }
+        map.serialize_entry("_unique_id", self.unique_id)?;
+        let mut key = String::with_capacity(32);
+        for (name, value) in self.context {
+            key.clear();
+            key.push_str(CONTEXT_PREFIX);
+            key.push_str(name);
+            map.serialize_entry(&key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// `{"oslo.version": "2.0", "oslo.message": <inner>}`.
+struct Envelope<'a> {
+    message: &'a str,
+}
+
+impl serde::Serialize for Envelope<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry(VERSION_KEY, ENVELOPE_VERSION)?;
+        map.serialize_entry(MESSAGE_KEY, self.message)?;
+        map.end()
+    }
+}
+
 /// Append `_context_<key>` entries (oslo `pack_context`).
 pub fn flatten_context(map: &mut JsonMap, context: &JsonMap) {
     for (key, value) in context {
@@ -103,10 +174,7 @@ pub fn flatten_context(map: &mut JsonMap, context: &JsonMap) {
 /// Wrap an inner message in envelope 2.0 and encode it: `{"oslo.version": "2.0", "oslo.message": "<json>"}`.
 pub fn encode_envelope(inner: &JsonMap) -> Result<Vec<u8>> {
     let inner_text = pyjson::to_string(inner)?;
-    let mut envelope = JsonMap::new();
-    envelope.insert(VERSION_KEY.into(), Value::String(ENVELOPE_VERSION.into()));
-    envelope.insert(MESSAGE_KEY.into(), Value::String(inner_text));
-    Ok(pyjson::to_vec(&envelope)?)
+    Ok(pyjson::to_vec(&Envelope { message: &inner_text })?)
 }
 
 /// Encode a dict without envelope (oslo's v1 `messaging` notification driver).
@@ -241,6 +309,13 @@ impl Reply {
         map
     }
 
+    /// The enveloped wire body: the same bytes as `encode_envelope(&self.to_map())`, without
+    /// copying the result.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let inner_text = pyjson::to_string(self)?;
+        Ok(pyjson::to_vec(&Envelope { message: &inner_text })?)
+    }
+
     /// Read a decoded reply dict; `_msg_id` is required, `ending` defaults to false.
     pub fn from_map(mut map: JsonMap) -> Result<Self> {
         let msg_id = match map.remove("_msg_id") {
@@ -263,6 +338,22 @@ impl Reply {
             msg_id,
             unique_id: map.remove("_unique_id").and_then(|v| v.as_str().map(str::to_string)),
         })
+    }
+}
+
+impl serde::Serialize for Reply {
+    /// The inner reply dict, in Python's key order.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(if self.unique_id.is_some() { 5 } else { 4 }))?;
+        map.serialize_entry("result", &self.result)?;
+        map.serialize_entry("failure", &self.failure.as_ref().map(RemoteError::to_failure_json))?;
+        map.serialize_entry("ending", &self.ending)?;
+        map.serialize_entry("_msg_id", &self.msg_id)?;
+        if let Some(unique_id) = &self.unique_id {
+            map.serialize_entry("_unique_id", unique_id)?;
+        }
+        map.end()
     }
 }
 
@@ -356,6 +447,28 @@ mod tests {
     }
 
     #[test]
+    fn direct_body_encoding_matches_the_dict_path() {
+        let message = map(json!({"method": "m", "args": {"big": "x", "ü": [1.5, null]}, "version": "1.1"}));
+        let context = map(json!({"user": "u", "roles": ["a"]}));
+        let call = CallFields {
+            msg_id: "id",
+            reply_q: "reply_x",
+            call_monitor_timeout: Some(Duration::from_millis(1500)),
+        };
+        for call in [None, Some(&call)] {
+            let dict = encode_request(&message, &context, call, "uid");
+            assert_eq!(
+                encode_request_body(&message, &context, call, "uid", true).unwrap(),
+                encode_envelope(&dict).unwrap()
+            );
+            assert_eq!(
+                encode_request_body(&message, &context, call, "uid", false).unwrap(),
+                encode_plain(&dict).unwrap()
+            );
+        }
+    }
+
+    #[test]
     fn body_errors_are_typed() {
         for bad in [
             &b"not json"[..],
@@ -382,6 +495,9 @@ mod tests {
         let reply = Reply::final_reply("m", Err(RemoteError::new("ValueError", "builtins", "boom")));
         let back = Reply::from_map(decode_body(&encode_envelope(&reply.to_map()).unwrap()).unwrap()).unwrap();
         assert_eq!(back, reply);
+        assert_eq!(reply.encode().unwrap(), encode_envelope(&reply.to_map()).unwrap());
+        let ok = Reply::final_reply("m", Ok(json!({"a": [1, "ü"]})));
+        assert_eq!(ok.encode().unwrap(), encode_envelope(&ok.to_map()).unwrap());
         assert!(Reply::heartbeat("m").is_heartbeat());
         assert!(!reply.is_heartbeat());
         assert!(Reply::from_map(map(json!({"result": 1}))).is_err());

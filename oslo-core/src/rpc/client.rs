@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::codec::{JsonMap, RpcMessage};
+use crate::codec::JsonMap;
 use crate::driver::{Retry, SendOptions};
 use crate::error::{Error, Result};
 use crate::serializer::{NoOpSerializer, Serializer};
@@ -242,12 +242,16 @@ impl RpcClient {
             serialized_args.insert(key, self.serializer.serialize_entity(context, value)?);
         }
         let context = self.serializer.serialize_context(context)?;
-        let message = RpcMessage {
-            method: method.to_string(),
-            args: serialized_args,
-            namespace: self.target.namespace.clone(),
-            version: self.target.version.clone(),
-        };
-        Ok((context, message.to_map()))
+        // oslo's `_make_message` dict, built once with the arguments moved in.
+        let mut message = JsonMap::with_capacity(4);
+        message.insert("method".into(), Value::String(method.to_string()));
+        message.insert("args".into(), Value::Object(serialized_args));
+        if let Some(namespace) = &self.target.namespace {
+            message.insert("namespace".into(), Value::String(namespace.clone()));
+        }
+        if let Some(version) = &self.target.version {
+            message.insert("version".into(), Value::String(version.clone()));
+        }
+        Ok((context, message))
     }
 }
