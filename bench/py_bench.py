@@ -28,6 +28,12 @@ SIGINT (stop + wait + transport cleanup, which deletes its fanout queue), then p
                ``counter()`` (a server-targeted call, polled every ``--poll-ms``) has grown by
                ``--count``  -> casts/s (end to end) and the send-only rate
 * ``fanout``:  the same with fanout casts, until every server in ``--servers`` has counted them
+* ``notify``:  a notification listener (``get_notification_listener``, threading executor) on
+               ``--topic`` is started in this process; then ``--count`` ``info`` notifications
+               are sent one after another by a ``messagingv2`` Notifier (on its own transport),
+               timed from the first send until the listener has counted them all -> notifications/s
+               (end to end) and the send-only rate. The ``<topic>.info`` queue is left for the
+               caller to delete.
 
 Every JSON result also carries ``reply_q`` (the client's reply queue, which oslo does not delete:
 the caller deletes it) and ``client_vmhwm_kb`` (peak RSS of this client process).
@@ -174,8 +180,66 @@ def wait_counters(client, servers, targets, timeout_s, poll_s):
     return values
 
 
+class CountingNotificationEndpoint:
+    def __init__(self, expected):
+        self.expected = expected
+        self.count = 0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.lock:
+            self.count += 1
+            if self.count >= self.expected:
+                self.done.set()
+
+
+def run_notify(opts, conf, out):
+    listen_transport = oslo_messaging.get_notification_transport(conf, url=opts.url)
+    send_transport = oslo_messaging.get_notification_transport(conf, url=opts.url)
+    endpoint = CountingNotificationEndpoint(opts.count)
+    listener = oslo_messaging.get_notification_listener(
+        listen_transport, [oslo_messaging.Target(topic=opts.topic)], [endpoint], executor="threading"
+    )
+    listener.start()
+    try:
+        notifier = oslo_messaging.Notifier(
+            send_transport, publisher_id="bench", driver="messagingv2", topics=[opts.topic]
+        )
+        payload = {"value": "x" * opts.payload}
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        for _ in range(opts.count):
+            notifier.info({}, "bench.event", payload)
+        sent = time.perf_counter()
+        if not endpoint.done.wait(opts.timeout + opts.count * 0.05):
+            raise TimeoutError("listener counted only %d of %d" % (endpoint.count, opts.count))
+        done = time.perf_counter()
+        out.update({
+            "notifications": opts.count, "secs": done - start, "per_s": opts.count / (done - start),
+            "send_secs": sent - start, "send_per_s": opts.count / (sent - start),
+            "received": endpoint.count, "ops_total": opts.count,
+            "cpu_s": time.process_time() - cpu_start,
+        })
+    finally:
+        listener.stop()
+        listener.wait()
+        send_transport.cleanup()
+        listen_transport.cleanup()
+        out["client_vmhwm_kb"] = vmhwm_kb()
+        try:
+            from importlib.metadata import version
+            out["oslo_messaging_version"] = version("oslo.messaging")
+        except Exception:  # informational only
+            pass
+    print(json.dumps(out), flush=True)
+
+
 def run_client(opts):
     conf = setup_conf()
+    if opts.scenario == "notify":
+        run_notify(opts, conf, {"impl": "python", "scenario": opts.scenario})
+        return
     transport = oslo_messaging.get_rpc_transport(conf, url=opts.url)
     client = oslo_messaging.get_rpc_client(
         transport, oslo_messaging.Target(topic=opts.topic), timeout=opts.timeout
@@ -278,7 +342,7 @@ def main():
     s.add_argument("name")
     s.add_argument("--url", default=DEFAULT_URL)
     c = sub.add_parser("client")
-    c.add_argument("scenario", choices=["seq", "inflight", "cast", "fanout"])
+    c.add_argument("scenario", choices=["seq", "inflight", "cast", "fanout", "notify"])
     c.add_argument("--topic", required=True)
     c.add_argument("--url", default=DEFAULT_URL)
     c.add_argument("--servers", default="a", help="comma-separated server names (cast: the first)")

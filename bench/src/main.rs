@@ -31,7 +31,9 @@ usage:
       --fanout-casts C      fanout casts for ours/raw (default 10000)
       --py-casts C          casts for Python (default 3000)
       --py-fanout-casts C   fanout casts for Python (default 2000)
-      --cast-window W       concurrent casts for ours/raw (default 64)
+      --notifications N     notifications for ours (default 10000)
+      --py-notifications N  notifications for Python (default 2000)
+      --cast-window W       concurrent casts (and notifications) for ours/raw (default 64)
       --wide-window W       confirms outstanding in the raw reference (default 1000)
       --py-threads T        Python client threads for the in-flight scenario (default 16)
       --payload B           length of the echo string (default 100)
@@ -45,7 +47,7 @@ usage:
       --python PATH         python with oslo.messaging (default interop/.venv/bin/python)
       --no-python           skip Python oslo.messaging
       --no-ours             skip our implementation
-      --only LETTERS        run only these scenarios (default abcd)
+      --only LETTERS        run only these scenarios (default abcde)
       --no-refs             skip the raw-lapin reference variants
       --raw-oslo-props      raw lapin publishes with oslo's AMQP properties (persistent,
                             content type/encoding, headers, expiration on calls) and
@@ -112,6 +114,8 @@ fn run_opts(args: &Args, command_line: String) -> Res<runner::Opts> {
             "--fanout-casts" => o.fanout_casts = num::<u64>(key, v)?.max(1),
             "--py-casts" => o.py_casts = num::<u64>(key, v)?.max(1),
             "--py-fanout-casts" => o.py_fanout_casts = num::<u64>(key, v)?.max(1),
+            "--notifications" => o.notifications = num::<u64>(key, v)?.max(1),
+            "--py-notifications" => o.py_notifications = num::<u64>(key, v)?.max(1),
             "--cast-window" => o.cast_window = num::<usize>(key, v)?.max(1),
             "--wide-window" => o.wide_window = num::<usize>(key, v)?.max(1),
             "--py-threads" => o.py_threads = num::<usize>(key, v)?.max(1),

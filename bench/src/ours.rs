@@ -3,15 +3,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oslo_messaging::driver_rabbit::RabbitDriver;
 use oslo_messaging::{
-    get_transport, Driver, Endpoint, HandlerError, JsonMap, RpcClient, RpcServer, Target, Transport, TransportConfig, TransportUrl,
+    get_transport, Driver, Endpoint, HandlerError, JsonMap, NotificationEndpoint, NotificationListener, NotificationResult, Notifier,
+    Priority, RpcClient, RpcServer, Target, Transport, TransportConfig, TransportUrl,
 };
 use serde_json::{json, Value};
 
-use crate::common::{stdin_eof, Res};
+use crate::common::{stdin_eof, Measurement, Res};
 
 /// `serve-ours TOPIC NAME`: an RPC server with `echo(value)`, `incr()`, `counter()`; runs until
 /// stdin closes.
@@ -138,4 +139,103 @@ impl OursClient {
         }
         reply_queue
     }
+}
+
+/// Scenario e): `count` `info` notifications sent by a `Notifier` (up to `window` sends in
+/// flight, so publisher confirms are windowed) to a `NotificationListener` running in this
+/// process on its own transport (its own connection). Timed from the first send until the
+/// listener has counted them all; the send-only rate is also recorded. The queue
+/// `<topic>.info` is left for the runner to delete.
+pub async fn notify_bench(url: &str, topic: &str, count: u64, window: usize, payload_len: usize, bound: Duration) -> Res<Measurement> {
+    let listen_transport = get_transport(url).map_err(|e| format!("get_transport({url}): {e}"))?;
+    let send_transport = get_transport(url).map_err(|e| format!("get_transport({url}): {e}"))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let endpoint = {
+        let (received, done) = (received.clone(), done.clone());
+        NotificationEndpoint::new().on(Priority::Info, move |_n| {
+            let (received, done) = (received.clone(), done.clone());
+            async move {
+                if received.fetch_add(1, Ordering::Relaxed) + 1 >= count {
+                    done.notify_one();
+                }
+                NotificationResult::Handled
+            }
+        })
+    };
+    let listener = NotificationListener::builder(listen_transport.clone(), vec![Target::new(topic)])
+        .endpoint(endpoint)
+        .start()
+        .await
+        .map_err(|e| format!("NotificationListener::start: {e}"))?;
+    let notifier = Notifier::new(send_transport.clone()).publisher_id("bench").topics([topic]);
+    let ctxt = Arc::new(JsonMap::new());
+    let payload = Arc::new(json!({ "value": "x".repeat(payload_len) }));
+    let result = async {
+        let tickets = Arc::new(AtomicU64::new(count));
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..window {
+            let (notifier, ctxt, payload, tickets) = (notifier.clone(), ctxt.clone(), payload.clone(), tickets.clone());
+            tasks.spawn(async move {
+                while tickets
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    notifier
+                        .info(&ctxt, "bench.event", (*payload).clone())
+                        .await
+                        .map_err(|e| format!("notify: {e}"))?;
+                }
+                Ok::<_, String>(())
+            });
+        }
+        let sending = tokio::time::timeout(bound, async {
+            while let Some(joined) = tasks.join_next().await {
+                joined.map_err(|e| format!("notify task: {e}"))??;
+            }
+            Ok::<_, String>(())
+        })
+        .await;
+        match sending {
+            Err(_) => return Err(format!("notifications not all sent within {bound:?}")),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+        }
+        let sent = start.elapsed().as_secs_f64();
+        let left = bound.saturating_sub(start.elapsed());
+        let waiting = async {
+            while received.load(Ordering::Relaxed) < count {
+                // Notified by the handler of the last one; the short sleep bounds a lost wake-up.
+                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
+            }
+        };
+        if tokio::time::timeout(left, waiting).await.is_err() {
+            return Err(format!(
+                "listener counted only {} of {count} within {bound:?}",
+                received.load(Ordering::Relaxed)
+            ));
+        }
+        let total = start.elapsed().as_secs_f64();
+        Ok(Measurement {
+            per_s: Some(count as f64 / total),
+            send_per_s: Some(count as f64 / sent),
+            ops: Some(count),
+            note: format!(
+                "{count} notifications, {window} concurrent sends; listener in the client process counted {}",
+                received.load(Ordering::Relaxed)
+            ),
+            ..Default::default()
+        })
+    }
+    .await;
+    if tokio::time::timeout(Duration::from_secs(15), listener.shutdown()).await.is_err() {
+        eprintln!("oslo-bench: notification listener shutdown did not finish within 15 s");
+    }
+    for t in [&send_transport, &listen_transport] {
+        if tokio::time::timeout(Duration::from_secs(10), t.cleanup()).await.is_err() {
+            eprintln!("oslo-bench: notification transport cleanup did not finish within 10 s");
+        }
+    }
+    result
 }

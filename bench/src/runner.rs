@@ -32,6 +32,8 @@ pub struct Opts {
     pub fanout_casts: u64,
     pub py_casts: u64,
     pub py_fanout_casts: u64,
+    pub notifications: u64,
+    pub py_notifications: u64,
     pub cast_window: usize,
     pub wide_window: usize,
     pub py_threads: usize,
@@ -44,7 +46,7 @@ pub struct Opts {
     pub no_ours: bool,
     pub no_refs: bool,
     pub raw_oslo_props: bool,
-    /// Scenarios to run, by letter (`abcd`).
+    /// Scenarios to run, by letter (`abcde`).
     pub only: String,
     pub python: Option<PathBuf>,
     pub out: PathBuf,
@@ -66,6 +68,8 @@ impl Default for Opts {
             fanout_casts: 10_000,
             py_casts: 3000,
             py_fanout_casts: 2000,
+            notifications: 10_000,
+            py_notifications: 2000,
             cast_window: 64,
             wide_window: 1000,
             py_threads: 16,
@@ -78,7 +82,7 @@ impl Default for Opts {
             no_ours: false,
             no_refs: false,
             raw_oslo_props: false,
-            only: "abcd".into(),
+            only: "abcde".into(),
             python: None,
             out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md")),
             command_line: String::new(),
@@ -92,6 +96,7 @@ enum Scenario {
     Inflight,
     Cast,
     Fanout,
+    Notify,
 }
 
 impl Scenario {
@@ -101,6 +106,7 @@ impl Scenario {
             Scenario::Inflight => "b) calls in flight",
             Scenario::Cast => "c) casts",
             Scenario::Fanout => "d) fanout casts",
+            Scenario::Notify => "e) notifications",
         }
     }
 }
@@ -330,6 +336,8 @@ struct Names {
     raw_queue_a: String,
     raw_queue_b: String,
     raw_fanout: String,
+    ours_notify_topic: String,
+    py_notify_topic: String,
 }
 
 struct Runner {
@@ -388,6 +396,8 @@ pub async fn run(opts: Opts) -> Res<()> {
         raw_queue_a: format!("{run_id}-raw.a"),
         raw_queue_b: format!("{run_id}-raw.b"),
         raw_fanout: format!("{run_id}-raw_fanout"),
+        ours_notify_topic: format!("{run_id}-ours-notify"),
+        py_notify_topic: format!("{run_id}-py-notify"),
     };
     let mut runner = Runner {
         opts,
@@ -557,12 +567,19 @@ impl Runner {
         if self.ours_enabled {
             kinds.push(Impl::Ours);
         }
+        if scenario == Scenario::Notify {
+            // No raw lapin here: a notification is a cast-shaped publish, measured in c).
+            if self.python.is_some() {
+                kinds.push(Impl::Python);
+            }
+            return kinds;
+        }
         kinds.push(Impl::Raw);
         if !self.opts.no_refs {
             match scenario {
                 Scenario::Seq | Scenario::Inflight => kinds.push(Impl::RawConfirm),
                 Scenario::Cast => kinds.push(Impl::RawWide),
-                Scenario::Fanout => {}
+                Scenario::Fanout | Scenario::Notify => {}
             }
         }
         if self.python.is_some() {
@@ -628,7 +645,13 @@ impl Runner {
                 Impl::Python => None,
             }
         };
-        for scenario in [Scenario::Seq, Scenario::Inflight, Scenario::Cast, Scenario::Fanout] {
+        for scenario in [
+            Scenario::Seq,
+            Scenario::Inflight,
+            Scenario::Cast,
+            Scenario::Fanout,
+            Scenario::Notify,
+        ] {
             let letter = scenario.label().chars().next().unwrap_or('?');
             if !self.opts.only.contains(letter) {
                 continue;
@@ -637,6 +660,9 @@ impl Runner {
                 self.start_servers("b")?;
             }
             let kinds = self.kinds(scenario);
+            if kinds.is_empty() {
+                continue;
+            }
             for rep in 0..self.opts.reps {
                 let mut order = kinds.clone();
                 let shift = rep % order.len();
@@ -694,6 +720,24 @@ impl Runner {
                 rust_casts(client, o.casts, window, false, &["a"], poll, bound).await
             }
             Scenario::Fanout => rust_casts(client, o.fanout_casts, o.cast_window, true, &["a", "b"], poll, bound).await,
+            Scenario::Notify => {
+                #[cfg(feature = "ours")]
+                {
+                    crate::ours::notify_bench(
+                        &o.url,
+                        &self.names.ours_notify_topic,
+                        o.notifications,
+                        o.cast_window,
+                        o.payload,
+                        bound,
+                    )
+                    .await
+                }
+                #[cfg(not(feature = "ours"))]
+                {
+                    Err("built without the `ours` feature".into())
+                }
+            }
         }
     }
 
@@ -708,10 +752,15 @@ impl Runner {
                 Scenario::Inflight => "inflight",
                 Scenario::Cast => "cast",
                 Scenario::Fanout => "fanout",
+                Scenario::Notify => "notify",
             }
             .into(),
             "--topic".into(),
-            self.names.py_topic.clone(),
+            if scenario == Scenario::Notify {
+                self.names.py_notify_topic.clone()
+            } else {
+                self.names.py_topic.clone()
+            },
             "--url".into(),
             o.url.clone(),
             "--payload".into(),
@@ -745,6 +794,10 @@ impl Runner {
                 args.extend(["--servers".into(), "a,b".into(), "--count".into(), o.py_fanout_casts.to_string()]);
                 60.0 + o.py_fanout_casts as f64 * 0.05
             }
+            Scenario::Notify => {
+                args.extend(["--count".into(), o.py_notifications.to_string()]);
+                60.0 + o.py_notifications as f64 * 0.05
+            }
         };
         let log = self.logdir.join("python-client.log");
         let out = tokio::task::spawn_blocking(move || {
@@ -773,7 +826,13 @@ impl Runner {
         if let Some(e) = v["errors"].as_u64().filter(|e| *e > 0) {
             let _ = write!(note, "; {e} errors");
         }
-        if let Some(c) = v["count"].as_u64() {
+        if let Some(c) = v["notifications"].as_u64() {
+            let _ = write!(
+                note,
+                "{c} notifications, sequential; listener in the client process counted {}",
+                v["received"]
+            );
+        } else if let Some(c) = v["count"].as_u64() {
             let _ = write!(note, "{c} casts, sequential; processed {}", v["processed"]);
         }
         Ok(Measurement {
@@ -795,6 +854,9 @@ impl Runner {
             queues.push(topic.clone());
             queues.push(format!("{topic}.a"));
             queues.push(format!("{topic}.b"));
+        }
+        for topic in [&n.ours_notify_topic, &n.py_notify_topic] {
+            queues.push(format!("{topic}.info"));
         }
         queues.extend(self.py_reply_queues.iter().cloned());
         queues.extend(self.extra_queues.iter().cloned());
@@ -951,6 +1013,7 @@ impl Runner {
             s(Scenario::Fanout, Impl::Raw),
             s(Scenario::Fanout, Impl::Python),
         );
+        let (ours_e, py_e) = (s(Scenario::Notify, Impl::Ours), s(Scenario::Notify, Impl::Python));
         let _ = writeln!(
             r,
             "| metric | ours | raw lapin | Python oslo.messaging | ours/raw | ours/Python | target | met |"
@@ -1060,9 +1123,37 @@ impl Runner {
         );
         let _ = writeln!(
             r,
+            "| e) notifications/s published and consumed, until the listener counted all ({} concurrent; Python sequential) | {} | n/a | {} | | {} | | |",
+            o.cast_window,
+            fmt_rate(ours_e.per_s),
+            fmt_rate(py_e.per_s),
+            fr(ratio(ours_e.per_s, py_e.per_s)),
+        );
+        let _ = writeln!(
+            r,
+            "| e) notifications/s, publish only | {} | n/a | {} | | {} | | |",
+            fmt_rate(ours_e.send_per_s),
+            fmt_rate(py_e.send_per_s),
+            fr(ratio(ours_e.send_per_s, py_e.send_per_s)),
+        );
+        let _ = writeln!(
+            r,
             "\nCounts: a) {} warm-up + {} timed calls each, {}-byte string payload; b) {:.0} s warm-up + {:.0} s timed; \
-             c) {} casts (Python {}); d) {} fanout casts (Python {}), each delivered to 2 servers.\n",
-            o.warmup, o.n, o.payload, o.inflight_warmup, o.duration, o.casts, o.py_casts, o.fanout_casts, o.py_fanout_casts
+             c) {} casts (Python {}); d) {} fanout casts (Python {}), each delivered to 2 servers; \
+             e) {} `info` notifications (Python {}), {}-byte string payload, listener in the client's process \
+             (its CPU is counted as the client's).\n",
+            o.warmup,
+            o.n,
+            o.payload,
+            o.inflight_warmup,
+            o.duration,
+            o.casts,
+            o.py_casts,
+            o.fanout_casts,
+            o.py_fanout_casts,
+            o.notifications,
+            o.py_notifications,
+            o.payload
         );
         let _ = writeln!(
             r,
@@ -1076,6 +1167,7 @@ impl Runner {
             ("b) calls in flight", Scenario::Inflight),
             ("c) cast", Scenario::Cast),
             ("d) fanout cast (2 deliveries)", Scenario::Fanout),
+            ("e) notification (listener in client process)", Scenario::Notify),
         ] {
             let _ = writeln!(
                 r,
@@ -1138,7 +1230,7 @@ impl Runner {
             let _ = writeln!(
                 r,
                 "| server {name}{} | {} | {} | {} |",
-                if name == "a" { " (all scenarios)" } else { " (d only)" },
+                if name == "a" { " (a to d)" } else { " (d only)" },
                 rss(&format!("ours-{name}")),
                 rss(&format!("raw-{name}")),
                 rss(&format!("python-{name}"))
