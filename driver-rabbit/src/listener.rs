@@ -281,6 +281,19 @@ impl IncomingMessage for RabbitIncoming {
 
 type Outbox = mpsc::UnboundedSender<Box<dyn IncomingMessage>>;
 
+/// Decode a delivery, or log it and reject it without requeue (oslo's consumer callback:
+/// "Failed to process message ... skipping it.").
+fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option<codec::IncomingRequest> {
+    match decode_delivery(delivery) {
+        Ok(map) => Some(codec::decode_request(map)),
+        Err(reason) => {
+            tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
+            reject_now(channel, delivery.delivery_tag, false);
+            None
+        }
+    }
+}
+
 /// Turns RPC request deliveries into incoming messages (oslo `RpcAMQPListener`).
 pub(crate) struct RpcHandler {
     outbox: Outbox,
@@ -290,13 +303,8 @@ pub(crate) struct RpcHandler {
 
 impl DeliveryHandler for RpcHandler {
     fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
-        let request = match decode_delivery(&delivery) {
-            Ok(map) => codec::decode_request(map),
-            Err(reason) => {
-                tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
-                reject_now(channel, delivery.delivery_tag, false);
-                return;
-            }
+        let Some(request) = decode_or_drop(queue, channel, &delivery) else {
+            return;
         };
         if let Some(unique_id) = &request.unique_id {
             if !self.seen.lock().expect("duplicate filter poisoned").check_and_add(unique_id) {
@@ -328,13 +336,8 @@ pub(crate) struct NotificationHandler {
 
 impl DeliveryHandler for NotificationHandler {
     fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
-        let request = match decode_delivery(&delivery) {
-            Ok(map) => codec::decode_request(map),
-            Err(reason) => {
-                tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
-                reject_now(channel, delivery.delivery_tag, false);
-                return;
-            }
+        let Some(request) = decode_or_drop(queue, channel, &delivery) else {
+            return;
         };
         if let Some(unique_id) = &request.unique_id {
             if self.recent.contains(unique_id) {

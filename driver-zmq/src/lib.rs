@@ -4,22 +4,15 @@
 //! that `get_transport` answers with a clear `DriverLoadFailure` ("not implemented yet")
 //! instead of pretending to work. The driver itself is tracked in issue #7.
 
-use oslo_core::{DriverRegistry, Error};
+use oslo_core::DriverRegistry;
 
 /// URL schemes this driver will serve.
 pub const SCHEMES: &[&str] = &["zmq"];
 
-/// Register a factory that reports the driver as not implemented yet.
+/// Register the schemes as known but not implemented yet.
 pub fn register(registry: &DriverRegistry) {
     for scheme in SCHEMES {
-        registry.register(scheme, |url, _config| {
-            Err(Error::DriverLoadFailure {
-                driver: url.driver().to_string(),
-                reason: "the zmq driver is not implemented yet (issue #7)".into(),
-                available: Vec::new(),
-                hint: None,
-            })
-        });
+        registry.register_unavailable(scheme, "the zmq driver is not implemented yet (issue #7)");
     }
 }
 

@@ -95,6 +95,20 @@ impl DriverRegistry {
             .insert(name.to_string(), Arc::new(factory));
     }
 
+    /// Register `name` as known but unusable: building it fails with a `DriverLoadFailure`
+    /// carrying `reason` (for drivers that are not implemented yet, so none pretends to work).
+    pub fn register_unavailable(&self, name: &str, reason: &'static str) {
+        let driver = name.to_string();
+        self.register(name, move |_url, _config| {
+            Err(Error::DriverLoadFailure {
+                driver: driver.clone(),
+                reason: reason.to_string(),
+                available: Vec::new(),
+                hint: None,
+            })
+        });
+    }
+
     /// Whether a driver is registered under `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.factories.read().expect("registry poisoned").contains_key(name)
