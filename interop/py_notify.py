@@ -21,6 +21,9 @@ from oslo_config import cfg
 from oslo_context import context as oslo_context
 
 
+OUTPUT_LOCK = threading.Lock()
+
+
 def transport(url):
     return oslo_messaging.get_notification_transport(cfg.CONF, url=url)
 
@@ -44,11 +47,15 @@ class Endpoint(object):
         self.done = done
 
     def _record(self, ctxt, publisher_id, event_type, payload, metadata, priority):
-        self.out.append(1)
-        print(json.dumps({"ctxt": ctxt, "publisher_id": publisher_id, "event_type": event_type,
-                          "priority": priority, "payload": payload, "metadata": metadata}), flush=True)
-        if len(self.out) >= self.done[0]:
-            self.done[1].set()
+        line = json.dumps({"ctxt": ctxt, "publisher_id": publisher_id, "event_type": event_type,
+                           "priority": priority, "payload": payload, "metadata": metadata})
+        # The threading executor calls endpoints concurrently: one whole line at a time.
+        with OUTPUT_LOCK:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            self.out.append(1)
+            if len(self.out) >= self.done[0]:
+                self.done[1].set()
 
     def audit(self, ctxt, publisher_id, event_type, payload, metadata):
         self._record(ctxt, publisher_id, event_type, payload, metadata, "AUDIT")
