@@ -163,6 +163,10 @@ impl RabbitDriver {
                 let topology = Topology {
                     queues: vec![topology::reply_queue(&inner.config, &name)],
                     consume: vec![name.clone()],
+                    // oslo leaves reply queues to expire through x-expires (30 min); nobody can
+                    // use ours after cleanup, so it is deleted then (a late reply to it is
+                    // handled by the server like any reply to a vanished caller).
+                    delete_on_cleanup: vec![name.clone()],
                     ..Topology::default()
                 };
                 let handler = Arc::new(ReplyHandler {
@@ -287,7 +291,10 @@ impl Driver for RabbitDriver {
             expiration: None,
             mandatory: options.at_least_once,
             // A returned at_least_once cast must fail its own send: no one to route it to later.
-            isolated: options.at_least_once,
+            // Fanout casts go to an auto-delete exchange that can vanish: the 404 that follows
+            // closes the channel, so it must be a leased one, not the shared channel whose
+            // other publishes would fail (and be resent) with it.
+            isolated: options.at_least_once || target.fanout,
         };
         self.inner.publisher.publish(&out, options.retry).await?;
         Ok(None)
@@ -363,7 +370,6 @@ impl Driver for RabbitDriver {
             return;
         }
         if let Some(reply_queue) = self.inner.reply_queue.get() {
-            // oslo never deletes reply queues; they expire through x-expires.
             reply_queue.subscription.cleanup().await;
         }
         self.inner.waiters.clear();

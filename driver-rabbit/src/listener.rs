@@ -10,7 +10,7 @@ use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
-use oslo_core::codec::{self, DuplicateFilter, IncomingRequest, JsonMap, Reply};
+use oslo_core::codec::{self, IncomingRequest, JsonMap, Reply};
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result, Retry};
 use serde_json::Value;
@@ -189,7 +189,7 @@ impl ReturnedReplies for Replier {
 
 #[derive(Debug)]
 enum Kind {
-    Rpc { replier: Arc<Replier> },
+    Rpc { replier: Arc<Replier>, recent: Arc<RecentIds> },
     Notification { recent: Arc<RecentIds> },
 }
 
@@ -222,7 +222,7 @@ impl IncomingMessage for RabbitIncoming {
     }
 
     async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()> {
-        let (Kind::Rpc { replier }, Some(msg_id)) = (&self.kind, &self.request.msg_id) else {
+        let (Kind::Rpc { replier, .. }, Some(msg_id)) = (&self.kind, &self.request.msg_id) else {
             return Ok(());
         };
         if self.replied.swap(true, Ordering::AcqRel) {
@@ -238,7 +238,7 @@ impl IncomingMessage for RabbitIncoming {
 
     async fn heartbeat(&self) -> Result<()> {
         match (&self.kind, &self.request.msg_id, &self.request.reply_q) {
-            (Kind::Rpc { replier }, Some(msg_id), Some(reply_q)) => replier.send_heartbeat(reply_q, msg_id).await,
+            (Kind::Rpc { replier, .. }, Some(msg_id), Some(reply_q)) => replier.send_heartbeat(reply_q, msg_id).await,
             _ => Ok(()),
         }
     }
@@ -251,7 +251,12 @@ impl IncomingMessage for RabbitIncoming {
         match &self.kind {
             // RPC requests: queue the ack and go on (at-most-once, acked before dispatch);
             // waiting for the I/O thread would add to every call's latency.
-            Kind::Rpc { .. } => ack_now(&self.channel, self.delivery_tag).map_err(|_| closed()),
+            Kind::Rpc { recent, .. } => ack_now(&self.channel, self.delivery_tag).map_err(|_| {
+                if let Some(unique_id) = &self.request.unique_id {
+                    recent.forget(unique_id);
+                }
+                closed()
+            }),
             Kind::Notification { recent } => {
                 self.channel
                     .basic_ack(self.delivery_tag, BasicAckOptions::default())
@@ -281,6 +286,9 @@ impl IncomingMessage for RabbitIncoming {
 
 type Outbox = mpsc::UnboundedSender<Box<dyn IncomingMessage>>;
 
+/// How many recent `_unique_id`s a listener remembers (oslo `_MsgIdCache`).
+const DUPLICATE_WINDOW: usize = 16;
+
 /// Decode a delivery, or log it and reject it without requeue (oslo's consumer callback:
 /// "Failed to process message ... skipping it.").
 fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option<codec::IncomingRequest> {
@@ -297,7 +305,9 @@ fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option
 /// Turns RPC request deliveries into incoming messages (oslo `RpcAMQPListener`).
 pub(crate) struct RpcHandler {
     outbox: Outbox,
-    seen: Mutex<DuplicateFilter>,
+    /// Ids recorded on receive (oslo); forgotten again when the ack fails (the channel died),
+    /// so that the broker's redelivery runs instead of being taken for a duplicate.
+    recent: Arc<RecentIds>,
     replier: Arc<Replier>,
 }
 
@@ -307,7 +317,7 @@ impl DeliveryHandler for RpcHandler {
             return;
         };
         if let Some(unique_id) = &request.unique_id {
-            if !self.seen.lock().expect("duplicate filter poisoned").check_and_add(unique_id) {
+            if !self.recent.check_and_add(unique_id) {
                 tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
                 let _ = ack_now(channel, delivery.delivery_tag);
                 return;
@@ -319,6 +329,7 @@ impl DeliveryHandler for RpcHandler {
             delivery_tag: delivery.delivery_tag,
             kind: Kind::Rpc {
                 replier: self.replier.clone(),
+                recent: self.recent.clone(),
             },
             replied: AtomicBool::new(false),
         };
@@ -397,7 +408,7 @@ impl RabbitListener {
     pub(crate) fn rpc_handler(outbox: Outbox, replier: Arc<Replier>) -> RpcHandler {
         RpcHandler {
             outbox,
-            seen: Mutex::new(DuplicateFilter::default()),
+            recent: Arc::new(RecentIds::new(DUPLICATE_WINDOW)),
             replier,
         }
     }
@@ -405,7 +416,7 @@ impl RabbitListener {
     pub(crate) fn notification_handler(outbox: Outbox) -> NotificationHandler {
         NotificationHandler {
             outbox,
-            recent: Arc::new(RecentIds::new(16)),
+            recent: Arc::new(RecentIds::new(DUPLICATE_WINDOW)),
         }
     }
 

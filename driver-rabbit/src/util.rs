@@ -44,6 +44,24 @@ impl RecentIds {
         self.ids.lock().expect("id window poisoned").iter().any(|seen| seen == id)
     }
 
+    /// Record `id`; false when it was already there (a duplicate).
+    pub(crate) fn check_and_add(&self, id: &str) -> bool {
+        let mut ids = self.ids.lock().expect("id window poisoned");
+        if ids.iter().any(|seen| seen == id) {
+            return false;
+        }
+        if ids.len() == self.capacity {
+            ids.pop_front();
+        }
+        ids.push_back(id.to_string());
+        true
+    }
+
+    /// Forget `id`, so that a redelivery of it is taken again.
+    pub(crate) fn forget(&self, id: &str) {
+        self.ids.lock().expect("id window poisoned").retain(|seen| seen != id);
+    }
+
     pub(crate) fn add(&self, id: &str) {
         let mut ids = self.ids.lock().expect("id window poisoned");
         if ids.iter().any(|seen| seen == id) {

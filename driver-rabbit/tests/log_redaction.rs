@@ -70,7 +70,10 @@ async fn passwords_never_appear_in_logs() {
     assert!(logs.len() > 200, "the subscriber captured the driver's logs: {logs}");
     // The failures were logged (so the search below covered them), with the host but no secret.
     assert!(logs.contains("127.0.0.1:1"), "the dead host is named in the logs:\n{logs}");
-    assert!(logs.contains("ACCESS_REFUSED") || logs.contains("access refused"), "the login failure is logged:\n{logs}");
+    assert!(
+        logs.contains("ACCESS_REFUSED") || logs.contains("access refused"),
+        "the login failure is logged:\n{logs}"
+    );
     for secret in ["Wr0ngPassw0rd-Zq", "Dead-Host-Pw-Qx"] {
         assert!(!logs.contains(secret), "password {secret} leaked into the logs:\n{logs}");
     }

@@ -201,6 +201,17 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
             json_props(),
         ),
         (br#"[1, 2, 3]"#.to_vec(), json_props()),
+        // Absurd values off the wire must not panic the consumer (and loop on redelivery).
+        (
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {}, \"_timeout\": 1e300}"}"#
+                .to_vec(),
+            json_props(),
+        ),
+        (
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": 42, \"args\": [1], \"_timeout\": -1, \"_unique_id\": 7}"}"#
+                .to_vec(),
+            json_props(),
+        ),
     ];
     for (body, properties) in bad {
         channel
@@ -544,4 +555,6 @@ async fn fanout_exchange_deleted_under_the_publisher_is_redeclared() {
     server.shutdown().await;
     transport.cleanup().await;
     common::delete_queues(&url, &[topic.clone(), format!("{topic}.s1")]).await;
+    // Declared by the publisher without bindings, the exchange would never auto-delete.
+    common::delete_exchanges(&url, &[format!("{topic}_fanout")]).await;
 }

@@ -22,6 +22,8 @@ pub const ENVELOPE_VERSION: &str = "2.0";
 pub const VERSION_KEY: &str = "oslo.version";
 /// Envelope key holding the inner message as a JSON string.
 pub const MESSAGE_KEY: &str = "oslo.message";
+/// The longest call-monitor timeout taken from a request (a day); larger values are clamped.
+pub const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Prefix of flattened context keys.
 pub const CONTEXT_PREFIX: &str = "_context_";
 
@@ -236,7 +238,14 @@ pub fn decode_request(map: JsonMap) -> IncomingRequest {
             "_reply_q" => request.reply_q = value.as_str().map(str::to_string),
             "_unique_id" => request.unique_id = value.as_str().map(str::to_string),
             "_timeout" => {
-                request.client_timeout = value.as_f64().filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64);
+                // Off the wire: anything absurd (negative, NaN, 1e20) must not panic.
+                request.client_timeout = value.as_f64().filter(|s| *s > 0.0).map(|s| {
+                    if s >= MAX_CLIENT_TIMEOUT.as_secs_f64() {
+                        MAX_CLIENT_TIMEOUT
+                    } else {
+                        Duration::from_secs_f64(s)
+                    }
+                });
             }
             _ => {
                 request.message.insert(key, value);
@@ -517,6 +526,21 @@ mod tests {
         assert!(filter.check_and_add("b"));
         assert!(filter.check_and_add("c"));
         assert!(filter.check_and_add("a"), "a fell out of the window");
+    }
+
+    #[test]
+    fn absurd_timeouts_do_not_panic() {
+        for (value, expected) in [
+            (json!(1e20), Some(MAX_CLIENT_TIMEOUT)),
+            (json!(-5), None),
+            (json!("soon"), None),
+            (json!(0), None),
+            (json!(2.5), Some(Duration::from_millis(2500))),
+            (json!(u64::MAX), Some(MAX_CLIENT_TIMEOUT)),
+        ] {
+            let decoded = decode_request(map(json!({"method": "m", "_timeout": value})));
+            assert_eq!(decoded.client_timeout, expected, "{value}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
@@ -27,7 +27,8 @@ pub(crate) struct ServeOptions {
 #[derive(Debug)]
 pub(crate) struct ServerHandle {
     stop: watch::Sender<bool>,
-    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Becomes true once the listener stopped consuming (every `stop()` caller waits for it).
+    stopped: watch::Receiver<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -35,11 +36,11 @@ impl ServerHandle {
     /// Start consuming from `listener`, handing messages to `handler`.
     pub(crate) fn spawn(listener: Box<dyn Listener>, options: ServeOptions, span: tracing::Span, handler: MessageHandler) -> Self {
         let (stop, stop_receiver) = watch::channel(false);
-        let (stopped_sender, stopped) = oneshot::channel();
+        let (stopped_sender, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(listener, options, handler, stop_receiver, stopped_sender).instrument(span));
         ServerHandle {
             stop,
-            stopped: Mutex::new(Some(stopped)),
+            stopped,
             task: Mutex::new(Some(task)),
         }
     }
@@ -47,9 +48,8 @@ impl ServerHandle {
     /// Stop taking messages; returns once the listener stopped consuming.
     pub(crate) async fn stop(&self) {
         let _ = self.stop.send(true);
-        if let Some(stopped) = self.stopped.lock().await.take() {
-            let _ = stopped.await;
-        }
+        // Err means the loop already ended, which also means it stopped.
+        let _ = self.stopped.clone().wait_for(|stopped| *stopped).await;
     }
 
     /// Wait for the messages taken to be handled and the listener to be cleaned up.
@@ -74,7 +74,7 @@ async fn serve(
     options: ServeOptions,
     handler: MessageHandler,
     mut stop: watch::Receiver<bool>,
-    stopped: oneshot::Sender<()>,
+    stopped: watch::Sender<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(options.pool_size.max(1)));
     let mut in_flight = JoinSet::new();
@@ -115,7 +115,7 @@ async fn serve(
         while in_flight.try_join_next().is_some() {}
     }
     listener.stop().await;
-    let _ = stopped.send(());
+    let _ = stopped.send(true);
     while let Some(result) = in_flight.join_next().await {
         if let Err(err) = result {
             tracing::error!(error = %err, "message handler failed");

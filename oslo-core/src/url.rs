@@ -144,12 +144,12 @@ impl TransportUrl {
             host.hostname = (!name.is_empty()).then(|| name.to_string());
             host.port = match port_text {
                 None | Some("") => None,
-                Some(port) => Some(port.parse::<u16>().map_err(|_| {
-                    invalid(&format!(
-                        "invalid port {port:?} for host {:?}",
-                        host.hostname.as_deref().unwrap_or("")
-                    ))
-                })?),
+                // The values are not quoted: with an unescaped '/' in a password, the "port"
+                // and "host" seen here are pieces of that password.
+                Some(port) => Some(
+                    port.parse::<u16>()
+                        .map_err(|_| invalid(&format!("invalid port in host entry {}", hosts.len() + 1)))?,
+                ),
             };
             hosts.push(host);
         }
@@ -269,19 +269,27 @@ fn split_scheme(text: &str) -> Option<(&str, &str)> {
 pub(crate) fn redact_raw(text: &str) -> String {
     let Some(start) = text.find("//") else { return text.to_string() };
     let (head, rest) = text.split_at(start + 2);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (netloc, tail) = rest.split_at(end);
-    let hosts: Vec<String> = netloc
+    // Credentials end at the last '@': a password may hold an unescaped '/', '?' or '#'.
+    let Some(last_at) = rest.rfind('@') else { return text.to_string() };
+    let (credentials, tail) = rest.split_at(last_at);
+    let redacted: Vec<String> = credentials
         .split(',')
-        .map(|host| match host.rsplit_once('@') {
-            Some((creds, after)) => match creds.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{after}"),
-                None => host.to_string(),
-            },
-            None => host.to_string(),
+        .map(|piece| {
+            let (creds, host) = match piece.rsplit_once('@') {
+                Some((creds, host)) => (creds, Some(host)),
+                None => (piece, None),
+            };
+            let creds = match creds.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => creds.to_string(),
+            };
+            match host {
+                Some(host) => format!("{creds}@{host}"),
+                None => creds,
+            }
         })
         .collect();
-    format!("{head}{}{tail}", hosts.join(","))
+    format!("{head}{}{tail}", redacted.join(","))
 }
 
 fn percent_decode(text: &str, plus_is_space: bool) -> String {
@@ -563,6 +571,24 @@ mod tests {
         assert!(!err.to_string().contains("topsecret"), "{err}");
         let err = TransportUrl::parse("rabbit://[ffff::1/").unwrap_err();
         assert!(err.to_string().contains("Invalid IPv6 URL"));
+    }
+
+    #[test]
+    fn unescaped_slash_in_a_password_never_leaks_into_errors() {
+        for text in [
+            "rabbit://u:pa/ss@h/",
+            "rabbit://u:p?a#ss@h1:5672/",
+            "rabbit://u:ok@h1,u2:x/y:z@h2/v",
+        ] {
+            let shown = match TransportUrl::parse(text) {
+                Ok(url) => format!("{url} {url:?}"),
+                Err(err) => format!("{err} {err:?}"),
+            };
+            for fragment in ["pa/ss", "ss@", "p?a", "a#ss", "x/y"] {
+                assert!(!shown.contains(fragment), "{text}: {shown}");
+            }
+        }
+        assert_eq!(redact_raw("rabbit://u:ok@h1,u2:x/y:z@h2/v"), "rabbit://u:***@h1,u2:***@h2/v");
     }
 
     #[test]
