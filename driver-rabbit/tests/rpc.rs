@@ -203,13 +203,11 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
         (br#"[1, 2, 3]"#.to_vec(), json_props()),
         // Absurd values off the wire must not panic the consumer (and loop on redelivery).
         (
-            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {}, \"_timeout\": 1e300}"}"#
-                .to_vec(),
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {}, \"_timeout\": 1e300}"}"#.to_vec(),
             json_props(),
         ),
         (
-            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": 42, \"args\": [1], \"_timeout\": -1, \"_unique_id\": 7}"}"#
-                .to_vec(),
+            br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": 42, \"args\": [1], \"_timeout\": -1, \"_unique_id\": 7}"}"#.to_vec(),
             json_props(),
         ),
     ];
