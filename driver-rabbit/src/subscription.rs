@@ -429,8 +429,10 @@ impl Session {
 
     async fn cancel_consumers(&mut self) {
         for tag in &self.tags {
-            if let Err(error) = self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
-                tracing::debug!(tag = %tag, error = %error, "basic.cancel failed");
+            match bounded(self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())).await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => tracing::debug!(tag = %tag, error = %error, "basic.cancel failed"),
+                None => tracing::debug!(tag = %tag, "basic.cancel got no answer in time"),
             }
         }
         // The consumer streams end after cancel-ok; do not wait long for stragglers.
@@ -446,13 +448,10 @@ impl Session {
     async fn cleanup(&mut self, delete: &[String]) {
         if self.connection.status().connected() {
             for queue in delete {
-                match self
-                    .channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
-                {
-                    Ok(_) => tracing::debug!(queue = %queue, "deleted queue"),
-                    Err(error) => tracing::debug!(queue = %queue, error = %error, "deleting queue failed"),
+                match bounded(self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())).await {
+                    Some(Ok(_)) => tracing::debug!(queue = %queue, "deleted queue"),
+                    Some(Err(error)) => tracing::debug!(queue = %queue, error = %error, "deleting queue failed"),
+                    None => tracing::debug!(queue = %queue, "queue.delete got no answer in time"),
                 }
             }
         }
@@ -462,7 +461,7 @@ impl Session {
     async fn close(&mut self) {
         self.forwarders.abort_all();
         if self.connection.status().connected() {
-            if let Err(error) = self.connection.close(200, "OK".into()).await {
+            if let Some(Err(error)) = bounded(self.connection.close(200, "OK".into())).await {
                 tracing::debug!(error = %error, "closing the consumer connection failed");
             }
         }
@@ -476,4 +475,13 @@ impl Session {
             }
         });
     }
+}
+
+/// How long a shutdown step waits for the broker: a half-open connection (no heartbeat) must
+/// not make `stop()` / `cleanup()` hang.
+const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `future`, or `None` when the broker did not answer within [`SHUTDOWN_STEP_TIMEOUT`].
+async fn bounded<F: std::future::Future>(future: F) -> Option<F::Output> {
+    tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, future).await.ok()
 }
