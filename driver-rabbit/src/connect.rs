@@ -169,7 +169,8 @@ impl Connector {
         }
     }
 
-    fn exhausted(&self, attempts: u32, last_error: &str) -> Error {
+    /// The error for `attempts` failed connection attempts, the last failing with `last_error`.
+    pub(crate) fn exhausted(&self, attempts: u32, last_error: &str) -> Error {
         Error::MessageDeliveryFailure {
             message: format!(
                 "Unable to connect to AMQP server on {} after {attempts} tries: {last_error}",

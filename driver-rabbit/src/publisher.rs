@@ -226,28 +226,62 @@ impl Publisher {
     }
 
     /// The current send connection, connecting (once, for all waiting senders) if needed.
+    ///
+    /// The connect lock is held for one round over the hosts at most; the backoff between
+    /// rounds happens outside it, and each sender counts its own `retry`. So a
+    /// `Retry::Limited(0)` send is never stuck behind another sender's retry-forever
+    /// reconnect, and a cleaned-up transport stops trying.
     async fn connection(&self, retry: Retry) -> Result<Arc<SendConnection>> {
-        if let Some(connection) = self.usable() {
-            return Ok(connection);
+        let hosts = u32::try_from(self.connector.brokers().len().max(1)).unwrap_or(u32::MAX);
+        let mut attempts: u32 = 0;
+        let mut rounds: u32 = 0;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::MessageDeliveryFailure {
+                    message: "the transport was cleaned up".into(),
+                    retryable: false,
+                });
+            }
+            if let Some(connection) = self.usable() {
+                return Ok(connection);
+            }
+            // Host attempts this sender may still make in this round (`allows(n)`: n-th retry).
+            let left = match retry {
+                Retry::Forever => hosts,
+                Retry::Limited(max) => (max + 1).saturating_sub(attempts).min(hosts),
+            };
+            let failure = {
+                let _connecting = self.connecting.lock().await;
+                if let Some(connection) = self.usable() {
+                    return Ok(connection);
+                }
+                if let Some(old) = self.current.write().expect("publisher lock poisoned").take() {
+                    old.close_in_background();
+                }
+                match self.connector.connect(Retry::Limited(left.saturating_sub(1)), None, "send").await {
+                    Ok(connection) => {
+                        let connection = Arc::new(SendConnection::new(connection));
+                        if self.closed.load(Ordering::Acquire) {
+                            connection.close_in_background();
+                            continue;
+                        }
+                        *self.current.write().expect("publisher lock poisoned") = Some(connection.clone());
+                        return Ok(connection);
+                    }
+                    Err(error) if !error.is_retryable() => return Err(error),
+                    Err(error) => error,
+                }
+            };
+            attempts += left;
+            rounds += 1;
+            if !retry.allows(attempts) {
+                // Report every attempt this sender made, not just the last round's.
+                let text = failure.to_string();
+                let last_error = text.split_once("tries: ").map_or(text.as_str(), |(_, last)| last);
+                return Err(self.connector.exhausted(attempts, last_error));
+            }
+            tokio::time::sleep(self.connector.config().retry_interval(rounds)).await;
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(connection) = self.usable() {
-            return Ok(connection);
-        }
-        if let Some(old) = self.current.write().expect("publisher lock poisoned").take() {
-            old.close_in_background();
-        }
-        let connection = self.connector.connect(retry, None, "send").await?;
-        let connection = Arc::new(SendConnection::new(connection));
-        if self.closed.load(Ordering::Acquire) {
-            connection.close_in_background();
-            return Err(Error::MessageDeliveryFailure {
-                message: "the transport was cleaned up".into(),
-                retryable: false,
-            });
-        }
-        *self.current.write().expect("publisher lock poisoned") = Some(connection.clone());
-        Ok(connection)
     }
 
     fn usable(&self) -> Option<Arc<SendConnection>> {

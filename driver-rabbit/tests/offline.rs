@@ -125,3 +125,26 @@ async fn a_call_never_outlives_its_timeout_even_with_retry_forever() {
     );
     transport.cleanup().await;
 }
+
+/// A sender with no retries is never stuck behind another sender's retry-forever reconnect,
+/// and cleanup stops the retry-forever one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limited_sends_are_not_stuck_behind_a_retry_forever_reconnect() {
+    let transport = dead_transport(&[]);
+    let forever = RpcClient::new(transport.clone(), Target::new("offline")).retry(Retry::Forever);
+    let background = tokio::spawn(async move { forever.cast(&JsonMap::new(), "m", json!({})).await });
+    tokio::time::sleep(Duration::from_millis(200)).await; // it is reconnecting now
+    let started = Instant::now();
+    let err = RpcClient::new(transport.clone(), Target::new("offline"))
+        .retry(Retry::Limited(0))
+        .cast(&JsonMap::new(), "m", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    transport.cleanup().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), background)
+        .await
+        .expect("cleanup ends the retry loop");
+    assert!(outcome.unwrap().is_err());
+}
