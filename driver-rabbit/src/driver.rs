@@ -291,10 +291,8 @@ impl Driver for RabbitDriver {
             expiration: None,
             mandatory: options.at_least_once,
             // A returned at_least_once cast must fail its own send: no one to route it to later.
-            // Fanout casts go to an auto-delete exchange that can vanish: the 404 that follows
-            // closes the channel, so it must be a leased one, not the shared channel whose
-            // other publishes would fail (and be resent) with it.
-            isolated: options.at_least_once || target.fanout,
+            // (Fanout casts use a shared channel of their own: see `publisher`.)
+            isolated: options.at_least_once,
         };
         self.inner.publisher.publish(&out, options.retry).await?;
         Ok(None)

@@ -3,8 +3,10 @@
 //!
 //! # Channels and confirms
 //!
-//! * Most publishes (calls, casts, fanout casts, notifications, replies) share **one channel**
-//!   in confirm mode. Each publisher awaits its own `PublisherConfirm` with no lock held, so any
+//! * Most publishes (calls, casts, notifications, replies) share **one channel** in confirm
+//!   mode; fanout casts share a second one, because their auto-delete exchange can vanish and
+//!   the broker then closes the channel with 404 (the exchange is redeclared and the cast sent
+//!   again without other publishes being disturbed). Each publisher awaits its own `PublisherConfirm` with no lock held, so any
 //!   number of confirms are outstanding at once (windowed, not serialized).
 //! * lapin hands a `basic.return` to whichever pending confirm of the channel resolves first
 //!   when one `basic.ack` with `multiple` covers several publishes, so on a shared channel a
@@ -32,6 +34,11 @@ use tokio::sync::{oneshot, Semaphore, SemaphorePermit};
 
 use crate::connect::{amqp_code, codes, is_durable_mismatch, Connector};
 use crate::topology::{ExchangeSpec, QueueSpec};
+
+/// Index of the shared channel for everything but auto-delete exchanges.
+const MAIN: usize = 0;
+/// Index of the shared channel for auto-delete (fanout) exchanges.
+const VOLATILE: usize = 1;
 
 /// Most channels leased at once for mandatory publishes on one connection.
 pub(crate) const MAX_LEASED_CHANNELS: usize = 128;
@@ -312,8 +319,11 @@ impl Publisher {
 #[derive(Debug)]
 struct SendConnection {
     connection: Connection,
-    shared: Mutex<Option<Channel>>,
-    shared_creating: tokio::sync::Mutex<()>,
+    /// Two long-lived confirm channels: [`MAIN`] for everything, [`VOLATILE`] for publishes
+    /// to auto-delete (fanout) exchanges, whose 404 when such an exchange vanished closes
+    /// that channel only.
+    shared: [Mutex<Option<Channel>>; 2],
+    shared_creating: [tokio::sync::Mutex<()>; 2],
     pool: Mutex<Vec<Channel>>,
     slots: Semaphore,
     exchanges: Mutex<HashSet<String>>,
@@ -350,8 +360,8 @@ impl SendConnection {
     fn new(connection: Connection) -> Self {
         SendConnection {
             connection,
-            shared: Mutex::new(None),
-            shared_creating: tokio::sync::Mutex::new(()),
+            shared: [Mutex::new(None), Mutex::new(None)],
+            shared_creating: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             pool: Mutex::new(Vec::new()),
             slots: Semaphore::new(MAX_LEASED_CHANNELS),
             exchanges: Mutex::new(HashSet::new()),
@@ -394,21 +404,21 @@ impl SendConnection {
         })
     }
 
-    async fn shared_channel(&self) -> std::result::Result<Channel, Failure> {
-        if let Some(channel) = self.live_shared() {
+    async fn shared_channel(&self, which: usize) -> std::result::Result<Channel, Failure> {
+        if let Some(channel) = self.live_shared(which) {
             return Ok(channel);
         }
-        let _creating = self.shared_creating.lock().await;
-        if let Some(channel) = self.live_shared() {
+        let _creating = self.shared_creating[which].lock().await;
+        if let Some(channel) = self.live_shared(which) {
             return Ok(channel);
         }
         let channel = self.new_confirm_channel().await?;
-        *self.shared.lock().expect("shared channel poisoned") = Some(channel.clone());
+        *self.shared[which].lock().expect("shared channel poisoned") = Some(channel.clone());
         Ok(channel)
     }
 
-    fn live_shared(&self) -> Option<Channel> {
-        let shared = self.shared.lock().expect("shared channel poisoned");
+    fn live_shared(&self, which: usize) -> Option<Channel> {
+        let shared = self.shared[which].lock().expect("shared channel poisoned");
         shared.as_ref().filter(|c| c.status().connected()).cloned()
     }
 
@@ -431,7 +441,12 @@ impl SendConnection {
             lease.done = outcome.is_ok() || matches!(outcome, Err(Failure::Undeliverable) | Err(Failure::Nacked));
             outcome
         } else {
-            let channel = self.shared_channel().await?;
+            let which = if out.exchange.is_some_and(|e| e.auto_delete) {
+                VOLATILE
+            } else {
+                MAIN
+            };
+            let channel = self.shared_channel(which).await?;
             self.publish_on(&channel, out, properties, returns).await
         };
         match outcome {
