@@ -140,7 +140,7 @@ pub(crate) struct Publisher {
     current: RwLock<Option<Arc<SendConnection>>>,
     connecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
-    returns: ReturnRouter,
+    returns: Arc<ReturnRouter>,
 }
 
 impl Publisher {
@@ -150,7 +150,7 @@ impl Publisher {
             current: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-            returns: ReturnRouter::default(),
+            returns: Arc::default(),
         }
     }
 
@@ -427,7 +427,7 @@ impl SendConnection {
         self.queues.lock().expect("declare cache poisoned").clear();
     }
 
-    async fn publish(&self, out: &Outgoing<'_>, returns: &ReturnRouter) -> std::result::Result<(), Failure> {
+    async fn publish(&self, out: &Outgoing<'_>, returns: &Arc<ReturnRouter>) -> std::result::Result<(), Failure> {
         if let Some(exchange) = out.exchange {
             self.ensure_exchange(exchange).await?;
             if let Some(queue) = out.queue {
@@ -471,7 +471,7 @@ impl SendConnection {
         channel: &Channel,
         out: &Outgoing<'_>,
         properties: BasicProperties,
-        returns: &ReturnRouter,
+        returns: &Arc<ReturnRouter>,
     ) -> std::result::Result<(), Failure> {
         let options = BasicPublishOptions {
             mandatory: out.mandatory,
@@ -481,7 +481,16 @@ impl SendConnection {
             .basic_publish(out.exchange_name().into(), out.routing_key.into(), options, out.body, properties)
             .await
             .map_err(|e| classify(&self.connection, e))?;
-        let (acked, returned) = match confirm.await {
+        // If this future is dropped (a caller's timeout), the guard keeps waiting for the
+        // confirm in the background: lapin would otherwise keep the dropped confirm forever,
+        // with any other publisher's returned message it carries.
+        let mut guard = ConfirmGuard {
+            confirm: Some(confirm),
+            returns: returns.clone(),
+        };
+        let outcome = guard.confirm.as_mut().expect("confirm present").await;
+        guard.confirm = None;
+        let (acked, returned) = match outcome {
             Ok(Confirmation::Ack(returned)) => (true, returned),
             Ok(Confirmation::Nack(returned)) => (false, returned),
             Ok(Confirmation::NotRequested) => (true, None),
@@ -616,6 +625,27 @@ impl SendConnection {
 pub(crate) trait ReturnedReplies: Send + Sync + 'static {
     /// `body` is the encoded reply to `msg_id`, published to `reply_q`.
     fn retry_returned_reply(self: Arc<Self>, reply_q: String, msg_id: String, body: Vec<u8>);
+}
+
+/// Finishes waiting for a publisher confirm whose publish future was dropped.
+struct ConfirmGuard {
+    confirm: Option<lapin::PublisherConfirm>,
+    returns: Arc<ReturnRouter>,
+}
+
+impl Drop for ConfirmGuard {
+    fn drop(&mut self) {
+        let Some(confirm) = self.confirm.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let returns = self.returns.clone();
+        runtime.spawn(async move {
+            if let Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) = confirm.await {
+                returns.route(returned);
+            }
+        });
+    }
 }
 
 /// Routes returned messages that surfaced on another publisher's confirm to their owner.
