@@ -331,14 +331,23 @@ impl Reply {
             Some(Value::String(id)) => id,
             _ => return Err(Error::invalid_message("reply without _msg_id")),
         };
+        // Once the caller is known, a failure that cannot be read still fails its call at once
+        // (as an `InvalidRemoteFailure` remote error) instead of leaving it to time out.
+        let unreadable = |detail: String| {
+            RemoteError::new(
+                "InvalidRemoteFailure",
+                "oslo_messaging",
+                format!("unreadable failure in reply: {detail}"),
+            )
+        };
         let failure = match map.remove("failure") {
             None | Some(Value::Null) => None,
-            Some(Value::String(text)) => Some(RemoteError::from_failure_json(&text)?),
+            Some(Value::String(text)) => Some(RemoteError::from_failure_json(&text).unwrap_or_else(|_| unreadable(text))),
             // Tolerate a failure sent as an object rather than a JSON string.
             Some(object @ Value::Object(_)) => {
-                Some(serde_json::from_value(object).map_err(|e| Error::invalid_message(format!("bad failure: {e}")))?)
+                Some(serde_json::from_value(object.clone()).unwrap_or_else(|_| unreadable(object.to_string())))
             }
-            Some(other) => return Err(Error::invalid_message(format!("bad failure field: {other}"))),
+            Some(other) => Some(unreadable(other.to_string())),
         };
         Ok(Reply {
             result: map.remove("result").unwrap_or(Value::Null),
@@ -510,6 +519,11 @@ mod tests {
         assert!(Reply::heartbeat("m").is_heartbeat());
         assert!(!reply.is_heartbeat());
         assert!(Reply::from_map(map(json!({"result": 1}))).is_err());
+        // An unreadable failure still fails the call at once.
+        for bad in [json!("not json"), json!(42), json!({"no": "class"})] {
+            let reply = Reply::from_map(map(json!({"_msg_id": "x", "failure": bad, "ending": true}))).unwrap();
+            assert_eq!(reply.failure.unwrap().exc_type, "InvalidRemoteFailure");
+        }
         // `ending` defaults to false (pre-Mitaka servers).
         assert!(
             !Reply::from_map(map(json!({"_msg_id": "x", "result": 1, "failure": null})))
