@@ -183,7 +183,7 @@ impl Connector {
     /// One handshake with one broker.
     async fn connect_to(&self, broker: &BrokerAddress, budget: Duration) -> Result<Connection, ConnectFailure> {
         let uri = broker.to_amqp_uri(&self.config);
-        let tls = self.tls_config().map_err(ConnectFailure::Fatal)?;
+        let tls = self.tls_config().await.map_err(ConnectFailure::Fatal)?;
         let name = self
             .config
             .connection_name
@@ -199,35 +199,42 @@ impl Connector {
         }
     }
 
-    fn tls_config(&self) -> oslo_core::Result<OwnedTLSConfig> {
-        let mut tls = OwnedTLSConfig::default();
+    /// The TLS settings; the certificate files are read off the async runtime.
+    async fn tls_config(&self) -> oslo_core::Result<OwnedTLSConfig> {
         if !self.config.ssl {
-            return Ok(tls);
+            return Ok(OwnedTLSConfig::default());
         }
-        let read =
-            |option: &str, path: &str| std::fs::read(path).map_err(|e| Error::configuration(option, format!("cannot read {path}: {e}")));
-        if !self.config.ssl_ca_file.is_empty() {
-            let pem = read("ssl_ca_file", &self.config.ssl_ca_file)?;
-            tls.cert_chain = Some(String::from_utf8(pem).map_err(|_| Error::configuration("ssl_ca_file", "not a PEM text file"))?);
-        }
-        match (self.config.ssl_cert_file.is_empty(), self.config.ssl_key_file.is_empty()) {
-            (true, true) => {}
-            (false, false) => {
-                tls.identity = Some(OwnedIdentity::PKCS8 {
-                    pem: read("ssl_cert_file", &self.config.ssl_cert_file)?,
-                    key: read("ssl_key_file", &self.config.ssl_key_file)?,
-                });
-            }
-            (true, false) => {
-                return Err(Error::configuration(
-                    "ssl_cert_file",
-                    "ssl_key_file is set but ssl_cert_file is not",
-                ))
-            }
-            (false, true) => return Err(Error::configuration("ssl_key_file", "ssl_cert_file is set but ssl_key_file is not")),
-        }
-        Ok(tls)
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || read_tls_files(&config))
+            .await
+            .map_err(|e| Error::configuration("ssl", format!("reading the TLS files failed: {e}")))?
     }
+}
+
+fn read_tls_files(config: &RabbitConfig) -> oslo_core::Result<OwnedTLSConfig> {
+    let mut tls = OwnedTLSConfig::default();
+    let read = |option: &str, path: &str| std::fs::read(path).map_err(|e| Error::configuration(option, format!("cannot read {path}: {e}")));
+    if !config.ssl_ca_file.is_empty() {
+        let pem = read("ssl_ca_file", &config.ssl_ca_file)?;
+        tls.cert_chain = Some(String::from_utf8(pem).map_err(|_| Error::configuration("ssl_ca_file", "not a PEM text file"))?);
+    }
+    match (config.ssl_cert_file.is_empty(), config.ssl_key_file.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            tls.identity = Some(OwnedIdentity::PKCS8 {
+                pem: read("ssl_cert_file", &config.ssl_cert_file)?,
+                key: read("ssl_key_file", &config.ssl_key_file)?,
+            });
+        }
+        (true, false) => {
+            return Err(Error::configuration(
+                "ssl_cert_file",
+                "ssl_key_file is set but ssl_cert_file is not",
+            ))
+        }
+        (false, true) => return Err(Error::configuration("ssl_key_file", "ssl_cert_file is set but ssl_key_file is not")),
+    }
+    Ok(tls)
 }
 
 fn classify_connect_error(broker: &BrokerAddress, error: &lapin::Error) -> ConnectFailure {
@@ -281,8 +288,8 @@ mod tests {
         assert_eq!(round, [0, 1, 2, 3]);
     }
 
-    #[test]
-    fn tls_files_are_checked() {
+    #[tokio::test]
+    async fn tls_files_are_checked() {
         let c = connector(
             "rabbit://h1/",
             RabbitConfig {
@@ -291,7 +298,7 @@ mod tests {
                 ..RabbitConfig::default()
             },
         );
-        let err = c.tls_config().unwrap_err();
+        let err = c.tls_config().await.unwrap_err();
         assert!(
             matches!(&err, Error::Configuration { option, .. } if option == "ssl_ca_file"),
             "{err}"
@@ -304,9 +311,9 @@ mod tests {
                 ..RabbitConfig::default()
             },
         );
-        assert!(c.tls_config().is_err());
+        assert!(c.tls_config().await.is_err());
         let c = connector("rabbit://h1/", RabbitConfig::default());
-        assert_eq!(c.tls_config().unwrap(), OwnedTLSConfig::default());
+        assert_eq!(c.tls_config().await.unwrap(), OwnedTLSConfig::default());
     }
 
     #[tokio::test]
