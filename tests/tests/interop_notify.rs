@@ -191,6 +191,7 @@ async fn python_notifier_to_rust_listener_keeps_every_field() {
     assert_eq!((got[0].event_type.as_str(), &got[0].payload), ("v1.event", &json!({"v": 1})));
     listener.shutdown().await;
     transport.cleanup().await;
+    oslo_tests::purge_rabbit_queues(&url, &[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +227,8 @@ async fn rust_notifier_to_python_listener_keeps_every_field() {
     assert!(got.iter().any(|n| n["priority"] == "WARN"));
     assert!(got.iter().any(|n| n["priority"] == "SAMPLE" && n["event_type"] == "metric.v1"));
     transport.cleanup().await;
+    drop(listener);
+    oslo_tests::purge_rabbit_queues(&url, &[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,4 +280,6 @@ async fn pools_behave_the_same_on_both_sides() {
     l1.shutdown().await;
     l2.shutdown().await;
     transport.cleanup().await;
+    drop(py_shared);
+    oslo_tests::purge_rabbit_queues(&url, &[&topic]).await;
 }
