@@ -1,9 +1,11 @@
-//! Small helpers: randomness without an extra dependency, the notification duplicate window
-//! and oslo's obsolete reply queue cache.
+//! Small helpers: randomness without an extra dependency, the listeners' shared duplicate
+//! window and oslo's obsolete reply queue cache.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use oslo_core::codec::DuplicateFilter;
 
 /// A uniformly distributed number in `[0, 1)`, from a v4 uuid's random bits.
 pub(crate) fn random_unit() -> f64 {
@@ -24,53 +26,36 @@ pub(crate) fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-/// The last `capacity` unique ids, with separate look-up and insertion (oslo `_MsgIdCache` as
-/// the notification listener uses it: checked on receive, filled on acknowledge).
+/// The last unique ids a listener saw, shared between its consumer task and its messages
+/// (oslo `_MsgIdCache`): core's [`DuplicateFilter`] behind a lock.
 #[derive(Debug)]
-pub(crate) struct RecentIds {
-    ids: Mutex<VecDeque<String>>,
-    capacity: usize,
-}
+pub(crate) struct RecentIds(Mutex<DuplicateFilter>);
 
 impl RecentIds {
     pub(crate) fn new(capacity: usize) -> Self {
-        RecentIds {
-            ids: Mutex::new(VecDeque::with_capacity(capacity)),
-            capacity: capacity.max(1),
-        }
+        RecentIds(Mutex::new(DuplicateFilter::with_capacity(capacity)))
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, DuplicateFilter> {
+        self.0.lock().expect("id window poisoned")
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.lock().expect("id window poisoned").iter().any(|seen| seen == id)
+        self.window().contains(id)
     }
 
     /// Record `id`; false when it was already there (a duplicate).
     pub(crate) fn check_and_add(&self, id: &str) -> bool {
-        let mut ids = self.ids.lock().expect("id window poisoned");
-        if ids.iter().any(|seen| seen == id) {
-            return false;
-        }
-        if ids.len() == self.capacity {
-            ids.pop_front();
-        }
-        ids.push_back(id.to_string());
-        true
+        self.window().check_and_add(id)
     }
 
     /// Forget `id`, so that a redelivery of it is taken again.
     pub(crate) fn forget(&self, id: &str) {
-        self.ids.lock().expect("id window poisoned").retain(|seen| seen != id);
+        self.window().forget(id);
     }
 
     pub(crate) fn add(&self, id: &str) {
-        let mut ids = self.ids.lock().expect("id window poisoned");
-        if ids.iter().any(|seen| seen == id) {
-            return;
-        }
-        if ids.len() == self.capacity {
-            ids.pop_front();
-        }
-        ids.push_back(id.to_string());
+        self.window().check_and_add(id);
     }
 }
 

@@ -400,7 +400,7 @@ impl DuplicateFilter {
 
     /// Record `unique_id`; returns `false` if it was already in the window (a duplicate).
     pub fn check_and_add(&mut self, unique_id: &str) -> bool {
-        if self.seen.iter().any(|seen| seen == unique_id) {
+        if self.contains(unique_id) {
             return false;
         }
         if self.seen.len() == self.capacity {
@@ -408,6 +408,16 @@ impl DuplicateFilter {
         }
         self.seen.push_back(unique_id.to_string());
         true
+    }
+
+    /// Whether `unique_id` is in the window.
+    pub fn contains(&self, unique_id: &str) -> bool {
+        self.seen.iter().any(|seen| seen == unique_id)
+    }
+
+    /// Forget `unique_id`, so that a redelivery of it is taken again (its ack failed).
+    pub fn forget(&mut self, unique_id: &str) {
+        self.seen.retain(|seen| seen != unique_id);
     }
 }
 
@@ -540,6 +550,10 @@ mod tests {
         assert!(filter.check_and_add("b"));
         assert!(filter.check_and_add("c"));
         assert!(filter.check_and_add("a"), "a fell out of the window");
+        assert!(filter.contains("a"));
+        filter.forget("a");
+        assert!(!filter.contains("a"));
+        assert!(filter.check_and_add("a"), "forgotten ids are taken again");
     }
 
     #[test]
