@@ -210,6 +210,12 @@ async fn start_server(transport: &Transport, topic: &str, name: &str, recorder: 
         .expect("server starts")
 }
 
+/// A test server named `name` on `topic`, with the recorder it writes to.
+async fn start_recorded(transport: &Transport, topic: &str, name: &str) -> (RpcServer, Recorder) {
+    let recorder = Recorder::default();
+    (start_server(transport, topic, name, recorder.clone()).await, recorder)
+}
+
 fn client(transport: &Transport, topic: &str) -> RpcClient {
     RpcClient::new(transport.clone(), Target::new(topic)).timeout(Duration::from_secs(10))
 }
@@ -251,10 +257,10 @@ pub async fn call_specific_server(transport: Transport) {
 /// Calls to a topic served by several servers are each answered exactly once.
 pub async fn call_server_in_group(transport: Transport) {
     let topic = topic();
-    let ra = Recorder::default();
-    let rb = Recorder::default();
-    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
-    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let ((a, ra), (b, rb)) = (
+        start_recorded(&transport, &topic, "server-a").await,
+        start_recorded(&transport, &topic, "server-b").await,
+    );
     let client = client(&transport, &topic);
     for _ in 0..20 {
         let who = client.call(&ctxt(), "whoami", json!({})).await.expect("call");
@@ -274,10 +280,10 @@ pub async fn call_server_in_group(transport: Transport) {
 /// Casts to a topic served by several servers are each handled exactly once.
 pub async fn cast_server_in_group(transport: Transport) {
     let topic = topic();
-    let ra = Recorder::default();
-    let rb = Recorder::default();
-    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
-    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let ((a, ra), (b, rb)) = (
+        start_recorded(&transport, &topic, "server-a").await,
+        start_recorded(&transport, &topic, "server-b").await,
+    );
     let client = client(&transport, &topic);
     for i in 0..20 {
         client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
@@ -297,10 +303,10 @@ pub async fn cast_server_in_group(transport: Transport) {
 /// A cast with `server` set reaches that server only.
 pub async fn cast_specific_server(transport: Transport) {
     let topic = topic();
-    let ra = Recorder::default();
-    let rb = Recorder::default();
-    let a = start_server(&transport, &topic, "server-a", ra.clone()).await;
-    let b = start_server(&transport, &topic, "server-b", rb.clone()).await;
+    let ((a, ra), (b, rb)) = (
+        start_recorded(&transport, &topic, "server-a").await,
+        start_recorded(&transport, &topic, "server-b").await,
+    );
     let client = client(&transport, &topic);
     for i in 0..5 {
         client
