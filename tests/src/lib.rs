@@ -4,12 +4,16 @@
 //! `OSLO_TEST_AMQP1_URL`, `OSLO_TEST_ZMQ_URL`). When it is unset they skip with a message,
 //! unless the driver is listed in `OSLO_REQUIRE_BROKERS` (comma separated, e.g. `rabbit`, or
 //! `all`; `.ci/run` sets it): then a missing URL is a failure, so nothing skips in CI.
+//! The cluster tests (`cluster_rabbit.rs`) use `OSLO_TEST_RABBIT_CLUSTER_URL` under the name
+//! `rabbit-cluster` (see `scripts/rabbit-cluster.sh` and [`rabbit_ops`]).
 
 /// The broker drivers the suite knows: (driver name, URL variable).
 pub const BROKERS: &[(&str, &str)] = &[
     ("rabbit", "OSLO_TEST_RABBIT_URL"),
     ("amqp1", "OSLO_TEST_AMQP1_URL"),
     ("zmq", "OSLO_TEST_ZMQ_URL"),
+    // The zmq driver with its in-process matchmaker (`zmq+dummy://`): no service needed.
+    ("zmq-dummy", "OSLO_TEST_ZMQ_DUMMY_URL"),
 ];
 
 /// Whether `OSLO_REQUIRE_BROKERS` demands that `driver`'s tests run.
@@ -88,4 +92,142 @@ pub async fn purge_rabbit_queues(url: &str, prefixes: &[&str]) {
         }
     }
     let _ = connection.close(0, "purged".into()).await;
+}
+
+/// Operator actions on RabbitMQ nodes for the fault, cluster and soak tests: `rabbitmqctl` on
+/// the machine's node or on a node of `scripts/rabbit-cluster.sh`, closing only the
+/// connections a test named itself (`connection_name`), and the process's resident memory.
+pub mod rabbit_ops {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// A RabbitMQ node a `rabbitmqctl` command goes to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RabbitNode {
+        /// The machine's own node (`rabbitmqctl` without `-n`).
+        Local,
+        /// Node `n` (1..=3) of `scripts/rabbit-cluster.sh` (through its `ctl` command, which
+        /// knows the node name and the cluster's Erlang cookie).
+        Cluster(u8),
+    }
+
+    impl RabbitNode {
+        /// The cluster node listening on AMQP `port` (5673 is node 1), if any.
+        pub fn cluster_node_for_port(port: u16) -> Option<RabbitNode> {
+            match port {
+                5673..=5675 => Some(RabbitNode::Cluster((port - 5672) as u8)),
+                _ => None,
+            }
+        }
+
+        /// The Erlang node name.
+        pub fn name(&self) -> String {
+            match self {
+                RabbitNode::Local => "rabbit@localhost".into(),
+                RabbitNode::Cluster(n) => format!("oslo-c{n}@localhost"),
+            }
+        }
+    }
+
+    /// `scripts/rabbit-cluster.sh` of this checkout.
+    pub fn cluster_script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbit-cluster.sh")
+    }
+
+    /// Run `rabbitmqctl args` against `node` (bounded to 60 s by `timeout`); the output, or
+    /// why it failed. Blocking: call it from `spawn_blocking` (see [`rabbitmqctl_async`]).
+    pub fn rabbitmqctl(node: RabbitNode, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new("timeout");
+        command.arg("60");
+        match node {
+            RabbitNode::Local => command.arg("rabbitmqctl"),
+            RabbitNode::Cluster(n) => command.arg(cluster_script()).arg("ctl").arg(n.to_string()),
+        };
+        let output = command
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run rabbitmqctl {args:?} on {}: {e}", node.name()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "rabbitmqctl {args:?} on {} failed ({}): {}",
+                node.name(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// [`rabbitmqctl`] on the blocking pool.
+    pub async fn rabbitmqctl_async(node: RabbitNode, args: &[&str]) -> Result<String, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            rabbitmqctl(node, &args)
+        })
+        .await
+        .map_err(|e| format!("rabbitmqctl task failed: {e}"))?
+    }
+
+    /// The pids of the connections on `node` whose `connection_name` client property is
+    /// exactly `name`. (`list_connections` lists the whole cluster's connections; a pid
+    /// `<node@host.a.b.c>` names the node that holds it.)
+    pub async fn connections_named(node: RabbitNode, name: &str) -> Result<Vec<String>, String> {
+        // Table output: the JSON formatter prints pids as `#PID<...>`, which close_connection
+        // does not accept.
+        let text = rabbitmqctl_async(node, &["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]).await?;
+        let quoted = format!("<<\"{name}\">>");
+        let plain = format!("\"{name}\"");
+        Ok(text
+            .lines()
+            .filter(|line| line.contains(&quoted) || line.contains(&plain))
+            .filter_map(|line| line.split('\t').next())
+            .map(|pid| pid.trim().to_string())
+            .filter(|pid| !pid.is_empty() && pid.starts_with(&format!("<{}.", node.name())))
+            .collect())
+    }
+
+    /// Force-close (as an operator would) the connections on `node` named `name`, and only
+    /// those: other users of the broker are not disturbed. Returns how many were closed.
+    pub async fn close_connections_named(node: RabbitNode, name: &str) -> Result<usize, String> {
+        let mut closed = 0;
+        for pid in connections_named(node, name).await? {
+            // A connection that went away meanwhile is fine.
+            if rabbitmqctl_async(node, &["close_connection", &pid, "fault test"]).await.is_ok() {
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// `prefix` plus 12 random hex digits: a queue, topic or connection name no other test or
+    /// run uses.
+    pub fn unique_name(prefix: &str) -> String {
+        format!("{prefix}-{}", &oslo_core::codec::new_id()[..12])
+    }
+
+    /// A rabbit driver for `url` with `[oslo_messaging_rabbit]` `options`, and a transport
+    /// over it (the driver gives access to its reply queue name).
+    ///
+    /// # Panics
+    /// When the URL or an option is invalid.
+    pub fn rabbit_transport(url: &str, options: &[(&str, &str)]) -> (oslo_core::Transport, std::sync::Arc<driver_rabbit::RabbitDriver>) {
+        let url = oslo_core::TransportUrl::parse(url).expect("test URL parses");
+        let mut config = oslo_core::TransportConfig::default();
+        for (key, value) in options {
+            config.driver_options.insert(key.to_string(), value.to_string());
+        }
+        let driver = std::sync::Arc::new(driver_rabbit::RabbitDriver::new(&url, &config).expect("driver builds"));
+        (oslo_core::Transport::from_driver(driver.clone(), url, config), driver)
+    }
+
+    /// This process's resident set size in KiB (`VmRSS` of `/proc/self/status`), if readable.
+    pub fn rss_kib() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+    }
 }

@@ -1,0 +1,260 @@
+//! The client side: one DEALER socket per server address, connected on first use and cached
+//! (oslo's "static" direct connections), with a task per socket that routes replies and
+//! heartbeats to the waiting calls.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use oslo_core::reply::ReplyWaiters;
+use oslo_core::{Error, Result};
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::time::Instant;
+use zeromq::{DealerSendHalf, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::frames::{self, Response};
+
+/// How long a server address that could not be reached is tried last.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// One connected DEALER.
+pub(crate) struct Link {
+    endpoint: String,
+    sender: AsyncMutex<DealerSendHalf>,
+    alive: AtomicBool,
+    /// Becomes true when the connection is lost: calls waiting on it fail at once.
+    closed: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("endpoint", &self.endpoint)
+            .field("usable", &self.usable())
+            .finish()
+    }
+}
+
+impl Link {
+    /// Queue `frames` on this connection.
+    pub(crate) async fn send(&self, frames: ZmqMessage) -> Result<()> {
+        let result = self.sender.lock().await.send(frames).await;
+        result.map_err(|err| {
+            self.alive.store(false, Ordering::SeqCst);
+            Error::MessageDeliveryFailure {
+                message: format!("send to {} failed: {err}", self.endpoint),
+                retryable: true,
+            }
+        })
+    }
+
+    /// Resolves once the connection is lost.
+    pub(crate) async fn lost(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    fn usable(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !*self.closed.borrow()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    link: AsyncMutex<Option<Arc<Link>>>,
+}
+
+/// The DEALER connections of one driver.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    /// The live connections, for the lock-free (read-locked) common case.
+    live: RwLock<HashMap<String, Arc<Link>>>,
+    /// One connect at a time per address.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    unreachable: Mutex<HashMap<String, std::time::Instant>>,
+    waiters: ReplyWaiters,
+    connect_timeout: Duration,
+    /// `Some((own host, ipc dir))` when same-host servers are reached over `ipc://`.
+    ipc: Option<(String, PathBuf)>,
+    /// The reader tasks (aborted on cleanup).
+    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Connections {
+    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>) -> Self {
+        Connections {
+            live: RwLock::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
+            waiters,
+            connect_timeout,
+            ipc,
+            readers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether `host` failed to connect recently (it is then tried after the others).
+    pub(crate) fn recently_unreachable(&self, host: &str) -> bool {
+        let mut unreachable = self.unreachable.lock().expect("unreachable table poisoned");
+        match unreachable.get(host) {
+            Some(at) if at.elapsed() < UNREACHABLE_FOR => true,
+            Some(_) => {
+                unreachable.remove(host);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The connection to the server registered as `host` (`host:port`), connecting first if
+    /// needed, no later than `deadline`.
+    pub(crate) async fn link(&self, host: &str, deadline: Option<Instant>) -> Result<Arc<Link>> {
+        // Fast path: a live connection, without waiting on the slot's lock.
+        if let Some(link) = self.live.read().expect("live table poisoned").get(host) {
+            if link.usable() {
+                return Ok(link.clone());
+            }
+        }
+        let slot = {
+            let mut slots = self.slots.lock().expect("connection table poisoned");
+            slots.entry(host.to_string()).or_default().clone()
+        };
+        let mut link = slot.link.lock().await;
+        if let Some(existing) = link.as_ref() {
+            if existing.usable() {
+                return Ok(existing.clone());
+            }
+        }
+        *link = None;
+        match self.connect(host, deadline).await {
+            Ok(fresh) => {
+                self.unreachable.lock().expect("unreachable table poisoned").remove(host);
+                let mut live = self.live.write().expect("live table poisoned");
+                // Connections to servers that went away are not kept.
+                live.retain(|_, link| link.usable());
+                live.insert(host.to_string(), fresh.clone());
+                self.slots
+                    .lock()
+                    .expect("connection table poisoned")
+                    .retain(|slot_host, _| slot_host == host || live.contains_key(slot_host));
+                drop(live);
+                *link = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Err(err) => {
+                self.live.write().expect("live table poisoned").remove(host);
+                self.unreachable
+                    .lock()
+                    .expect("unreachable table poisoned")
+                    .insert(host.to_string(), std::time::Instant::now());
+                Err(err)
+            }
+        }
+    }
+
+    /// Forget a link that failed, so that the next use connects again.
+    pub(crate) fn mark_unreachable(&self, host: &str) {
+        self.unreachable
+            .lock()
+            .expect("unreachable table poisoned")
+            .insert(host.to_string(), std::time::Instant::now());
+    }
+
+    /// The ZeroMQ endpoint for a record: `ipc://` for this host when its socket file exists.
+    async fn endpoint(&self, host: &str) -> Result<String> {
+        let (name, port) = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .ok_or_else(|| Error::MessageDeliveryFailure {
+                message: format!("matchmaker record {host:?} is not host:port"),
+                retryable: false,
+            })?;
+        if let Some((own_host, dir)) = &self.ipc {
+            if name == own_host {
+                let path = crate::server::ipc_path(dir, port);
+                if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                    return Ok(format!("ipc://{}", path.display()));
+                }
+            }
+        }
+        Ok(format!("tcp://{host}"))
+    }
+
+    async fn connect(&self, host: &str, deadline: Option<Instant>) -> Result<Arc<Link>> {
+        let endpoint = self.endpoint(host).await?;
+        let now = Instant::now();
+        let mut limit = self.connect_timeout;
+        if let Some(deadline) = deadline {
+            limit = limit.min(deadline.saturating_duration_since(now));
+        }
+        let mut options = SocketOptions::default();
+        // Bounded again below; the crate's own limit is a backstop.
+        options.connect_timeout(limit + Duration::from_millis(100));
+        let mut socket = zeromq::DealerSocket::with_options(options);
+        let connected = tokio::time::timeout(limit, socket.connect(&endpoint)).await;
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                return Err(Error::MessageDeliveryFailure {
+                    message: format!("cannot connect to {endpoint}: {err}"),
+                    retryable: true,
+                })
+            }
+            Err(_) => {
+                return Err(if deadline.is_some_and(|d| Instant::now() >= d) {
+                    Error::timeout(format!("timed out connecting to {endpoint}"))
+                } else {
+                    Error::MessageDeliveryFailure {
+                        message: format!("cannot connect to {endpoint} within {limit:?}"),
+                        retryable: true,
+                    }
+                })
+            }
+        }
+        tracing::debug!(%endpoint, "connected");
+        let (sender, mut receiver) = socket.split();
+        let (closed_sender, closed) = watch::channel(false);
+        let link = Arc::new(Link {
+            endpoint: endpoint.clone(),
+            sender: AsyncMutex::new(sender),
+            alive: AtomicBool::new(true),
+            closed,
+        });
+        let waiters = self.waiters.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(frames) => match frames::decode_response(frames) {
+                        Ok(Response::Reply(reply)) => {
+                            waiters.deliver(*reply);
+                        }
+                        Ok(Response::Heartbeat(message_id)) => {
+                            waiters.deliver(oslo_core::codec::Reply::heartbeat(message_id));
+                        }
+                        Err(err) => tracing::warn!(%endpoint, error = %err, "dropping a malformed reply"),
+                    },
+                    Err(err) => {
+                        tracing::debug!(%endpoint, error = %err, "connection lost");
+                        break;
+                    }
+                }
+            }
+            let _ = closed_sender.send(true);
+        });
+        let mut readers = self.readers.lock().expect("reader list poisoned");
+        readers.retain(|task| !task.is_finished());
+        readers.push(reader);
+        Ok(link)
+    }
+
+    /// Close every connection.
+    pub(crate) fn close_all(&self) {
+        self.live.write().expect("live table poisoned").clear();
+        self.slots.lock().expect("connection table poisoned").clear();
+        for reader in self.readers.lock().expect("reader list poisoned").drain(..) {
+            reader.abort();
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! oslo's ZeroMQ frame layout (8.1.4 `client/zmq_senders.py`,
+//! `server/consumers/zmq_router_consumer.py`) with JSON payloads.
+//!
+//! * request, DEALER → ROUTER: `[b"", b"1.0", <type>, <message id>, json([context, message])]`
+//!   (the ROUTER sees the sender's identity as an extra first frame);
+//! * reply, ROUTER → DEALER: `[b"", b"1.0", b"5", <message id>, json([result, failure])]`;
+//! * call-monitor heartbeat, ROUTER → DEALER: `[b"", b"1.0", b"6", <message id>]` (oslo's ACK
+//!   type, "the server has the message": here it restarts the caller's monitor timer).
+//!
+//! `message` is the oslo message dict (`method`, `args`, `namespace`, `version`, or a
+//! notification's fields) plus `_unique_id` and, for calls with a call-monitor timeout,
+//! `_timeout`. `failure` is `null` or oslo's serialized remote exception (a JSON string).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use oslo_core::codec::{seconds_value, JsonMap, MAX_CLIENT_TIMEOUT};
+use oslo_core::{Error, Result};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde_json::Value;
+use zeromq::ZmqMessage;
+
+/// The protocol version frame.
+pub const VERSION: &[u8] = b"1.0";
+
+/// oslo's message types (`zmq_names.py`), sent as their decimal digit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    /// A request that waits for a reply.
+    Call,
+    /// A one-way request to one server.
+    Cast,
+    /// A one-way request sent to every server of a topic.
+    CastFanout,
+    /// A notification.
+    Notify,
+    /// A reply to a call.
+    Reply,
+    /// oslo's acknowledgement; here the call-monitor heartbeat.
+    Ack,
+}
+
+impl MessageType {
+    /// The type frame.
+    pub fn frame(self) -> &'static [u8] {
+        match self {
+            MessageType::Call => b"1",
+            MessageType::Cast => b"2",
+            MessageType::CastFanout => b"3",
+            MessageType::Notify => b"4",
+            MessageType::Reply => b"5",
+            MessageType::Ack => b"6",
+        }
+    }
+
+    fn parse(frame: &[u8]) -> Option<Self> {
+        Some(match frame {
+            b"1" => MessageType::Call,
+            b"2" => MessageType::Cast,
+            b"3" => MessageType::CastFanout,
+            b"4" => MessageType::Notify,
+            b"5" => MessageType::Reply,
+            b"6" => MessageType::Ack,
+            _ => return None,
+        })
+    }
+}
+
+/// The message dict with the routing fields appended, serialized without copying it.
+struct RequestPayload<'a> {
+    context: &'a JsonMap,
+    message: &'a JsonMap,
+    unique_id: &'a str,
+    client_timeout: Option<Duration>,
+}
+
+struct MessageWithFields<'a>(&'a RequestPayload<'a>);
+
+impl serde::Serialize for MessageWithFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let payload = self.0;
+        let extra = 1 + usize::from(payload.client_timeout.is_some());
+        let mut map = serializer.serialize_map(Some(payload.message.len() + extra))?;
+        for (key, value) in payload.message {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("_unique_id", payload.unique_id)?;
+        if let Some(timeout) = payload.client_timeout {
+            map.serialize_entry("_timeout", &seconds_value(timeout))?;
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for RequestPayload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(2))?;
+        seq.serialize_element(self.context)?;
+        seq.serialize_element(&MessageWithFields(self))?;
+        seq.end()
+    }
+}
+
+/// Encode a request's payload frame.
+pub fn encode_request_payload(context: &JsonMap, message: &JsonMap, unique_id: &str, client_timeout: Option<Duration>) -> Result<Bytes> {
+    let payload = RequestPayload {
+        context,
+        message,
+        unique_id,
+        client_timeout,
+    };
+    serde_json::to_vec(&payload)
+        .map(Bytes::from)
+        .map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// The frames of a request, as a DEALER sends them.
+pub fn request(kind: MessageType, message_id: &str, payload: Bytes) -> ZmqMessage {
+    let mut frames = ZmqMessage::from(Bytes::new());
+    frames.push_back(Bytes::from_static(VERSION));
+    frames.push_back(Bytes::from_static(kind.frame()));
+    frames.push_back(Bytes::copy_from_slice(message_id.as_bytes()));
+    frames.push_back(payload);
+    frames
+}
+
+/// The frames of a reply (or heartbeat when `payload` is `None`), as a ROUTER sends them to
+/// the DEALER whose identity is `peer`.
+pub fn reply(peer: Bytes, message_id: &Bytes, payload: Option<Bytes>) -> ZmqMessage {
+    let mut frames = ZmqMessage::from(peer);
+    frames.push_back(Bytes::new());
+    frames.push_back(Bytes::from_static(VERSION));
+    match payload {
+        Some(payload) => {
+            frames.push_back(Bytes::from_static(MessageType::Reply.frame()));
+            frames.push_back(message_id.clone());
+            frames.push_back(payload);
+        }
+        None => {
+            frames.push_back(Bytes::from_static(MessageType::Ack.frame()));
+            frames.push_back(message_id.clone());
+        }
+    }
+    frames
+}
+
+/// Encode a reply's payload frame: `[result, failure]`.
+pub fn encode_reply_payload(outcome: &std::result::Result<Value, oslo_core::RemoteError>) -> Result<Bytes> {
+    let (result, failure) = match outcome {
+        Ok(value) => (value, None),
+        Err(remote) => (&Value::Null, Some(remote.to_failure_json())),
+    };
+    serde_json::to_vec(&(result, failure))
+        .map(Bytes::from)
+        .map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// A request as a ROUTER received it.
+#[derive(Debug)]
+pub struct Request {
+    /// The sender's identity (routes the reply).
+    pub peer: Bytes,
+    /// CALL, CAST, CAST_FANOUT or NOTIFY.
+    pub kind: MessageType,
+    /// The message id frame (correlates the reply).
+    pub message_id: Bytes,
+    /// The context dict.
+    pub context: JsonMap,
+    /// The message dict, routing fields removed.
+    pub message: JsonMap,
+    /// `_unique_id`.
+    pub unique_id: Option<String>,
+    /// `_timeout`: the caller's call-monitor timeout.
+    pub client_timeout: Option<Duration>,
+}
+
+/// Decode what a ROUTER received: `[identity, b"", b"1.0", type, message id, payload]`.
+pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
+    let frames = frames.into_vec();
+    if frames.len() != 6 {
+        return Err(Error::invalid_message(format!("request has {} frames, expected 6", frames.len())));
+    }
+    let mut frames = frames.into_iter();
+    let peer = frames.next().unwrap_or_default();
+    let empty = frames.next().unwrap_or_default();
+    let version = frames.next().unwrap_or_default();
+    let kind_frame = frames.next().unwrap_or_default();
+    let message_id = frames.next().unwrap_or_default();
+    let payload = frames.next().unwrap_or_default();
+    if !empty.is_empty() {
+        return Err(Error::invalid_message("request lacks the empty delimiter frame"));
+    }
+    if version.as_ref() != VERSION {
+        return Err(Error::invalid_message(format!(
+            "unsupported zmq protocol version {:?}",
+            String::from_utf8_lossy(&version)
+        )));
+    }
+    let kind = match MessageType::parse(&kind_frame) {
+        Some(kind @ (MessageType::Call | MessageType::Cast | MessageType::CastFanout | MessageType::Notify)) => kind,
+        _ => {
+            return Err(Error::invalid_message(format!(
+                "not a request type: {:?}",
+                String::from_utf8_lossy(&kind_frame)
+            )))
+        }
+    };
+    let (context, mut message): (JsonMap, JsonMap) =
+        serde_json::from_slice(&payload).map_err(|e| Error::invalid_message(format!("payload is not [context, message] JSON: {e}")))?;
+    let unique_id = match message.remove("_unique_id") {
+        Some(Value::String(id)) => Some(id),
+        _ => None,
+    };
+    // Off the wire: anything absurd (negative, NaN, 1e20) must not panic.
+    let client_timeout = message.remove("_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0).map(|s| {
+        if s >= MAX_CLIENT_TIMEOUT.as_secs_f64() {
+            MAX_CLIENT_TIMEOUT
+        } else {
+            Duration::from_secs_f64(s)
+        }
+    });
+    Ok(Request {
+        peer,
+        kind,
+        message_id,
+        context,
+        message,
+        unique_id,
+        client_timeout,
+    })
+}
+
+/// A reply as a DEALER received it.
+#[derive(Debug)]
+pub enum Response {
+    /// The final reply to `message_id`.
+    Reply(Box<oslo_core::codec::Reply>),
+    /// A heartbeat for `message_id`.
+    Heartbeat(String),
+}
+
+/// Decode what a DEALER received: `[b"", b"1.0", b"5", id, payload]` or `[b"", b"1.0", b"6", id]`.
+pub fn decode_response(frames: ZmqMessage) -> Result<Response> {
+    let frames = frames.into_vec();
+    if frames.len() < 4 || !frames[0].is_empty() || frames[1].as_ref() != VERSION {
+        return Err(Error::invalid_message("reply does not start with [\"\", \"1.0\"]"));
+    }
+    let message_id = std::str::from_utf8(&frames[3])
+        .map_err(|_| Error::invalid_message("message id is not UTF-8"))?
+        .to_string();
+    match (MessageType::parse(&frames[2]), frames.len()) {
+        (Some(MessageType::Ack), 4) => Ok(Response::Heartbeat(message_id)),
+        (Some(MessageType::Reply), 5) => {
+            let (result, failure): (Value, Value) = serde_json::from_slice(&frames[4])
+                .map_err(|e| Error::invalid_message(format!("reply payload is not [result, failure] JSON: {e}")))?;
+            let mut map = JsonMap::new();
+            map.insert("result".into(), result);
+            map.insert("failure".into(), failure);
+            map.insert("ending".into(), Value::Bool(true));
+            map.insert("_msg_id".into(), Value::String(message_id));
+            Ok(Response::Reply(Box::new(oslo_core::codec::Reply::from_map(map)?)))
+        }
+        _ => Err(Error::invalid_message(format!(
+            "unexpected reply type {:?} with {} frames",
+            String::from_utf8_lossy(&frames[2]),
+            frames.len()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(value: Value) -> JsonMap {
+        oslo_core::context(value)
+    }
+
+    #[test]
+    fn request_frames_are_oslos_layout() {
+        let payload = encode_request_payload(
+            &map(json!({"user_id": "u1"})),
+            &map(json!({"method": "echo", "args": {"x": 1}})),
+            "uid",
+            Some(Duration::from_secs(4)),
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&payload).unwrap(),
+            r#"[{"user_id":"u1"},{"method":"echo","args":{"x":1},"_unique_id":"uid","_timeout":4}]"#
+        );
+        let frames = request(MessageType::Call, "mid", payload);
+        let parts: Vec<Bytes> = frames.clone().into_vec();
+        assert_eq!(&parts[0][..], b"");
+        assert_eq!(&parts[1][..], b"1.0");
+        assert_eq!(&parts[2][..], b"1");
+        assert_eq!(&parts[3][..], b"mid");
+        // What the ROUTER sees: the identity first.
+        let mut routed = frames;
+        routed.push_front(Bytes::from_static(b"peer"));
+        let decoded = decode_request(routed).unwrap();
+        assert_eq!(decoded.kind, MessageType::Call);
+        assert_eq!(&decoded.peer[..], b"peer");
+        assert_eq!(decoded.message, map(json!({"method": "echo", "args": {"x": 1}})));
+        assert_eq!(decoded.context["user_id"], "u1");
+        assert_eq!(decoded.unique_id.as_deref(), Some("uid"));
+        assert_eq!(decoded.client_timeout, Some(Duration::from_secs(4)));
+    }
+
+    fn strip_peer(frames: ZmqMessage) -> (Bytes, ZmqMessage) {
+        let mut frames = frames.into_vecdeque();
+        let peer = frames.pop_front().unwrap();
+        (peer, ZmqMessage::try_from(frames).unwrap())
+    }
+
+    #[test]
+    fn replies_and_heartbeats_round_trip() {
+        let id = Bytes::from_static(b"mid");
+        let payload = encode_reply_payload(&Ok(json!({"a": 1}))).unwrap();
+        assert_eq!(&payload[..], br#"[{"a":1},null]"#);
+        let (peer, frames) = strip_peer(reply(Bytes::from_static(b"peer"), &id, Some(payload)));
+        assert_eq!(&peer[..], b"peer");
+        match decode_response(frames).unwrap() {
+            Response::Reply(reply) => {
+                assert_eq!(reply.msg_id, "mid");
+                assert_eq!(reply.result, json!({"a": 1}));
+                assert!(reply.ending && reply.failure.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let failure = oslo_core::RemoteError::new("ValueError", "builtins", "boom");
+        let (_, frames) = strip_peer(reply(
+            Bytes::from_static(b"peer"),
+            &id,
+            Some(encode_reply_payload(&Err(failure)).unwrap()),
+        ));
+        match decode_response(frames).unwrap() {
+            Response::Reply(reply) => assert_eq!(reply.failure.unwrap().message, "boom"),
+            other => panic!("{other:?}"),
+        }
+        let (_, frames) = strip_peer(reply(Bytes::from_static(b"peer"), &id, None));
+        assert!(matches!(decode_response(frames).unwrap(), Response::Heartbeat(id) if id == "mid"));
+    }
+
+    #[test]
+    fn malformed_frames_are_invalid_messages() {
+        let bad: Vec<Vec<&[u8]>> = vec![
+            vec![b"peer", b"", b"1.0", b"1", b"id"],
+            vec![b"peer", b"x", b"1.0", b"1", b"id", b"[{},{}]"],
+            vec![b"peer", b"", b"2.0", b"1", b"id", b"[{},{}]"],
+            vec![b"peer", b"", b"1.0", b"5", b"id", b"[{},{}]"],
+            vec![b"peer", b"", b"1.0", b"1", b"id", b"not json"],
+            vec![b"peer", b"", b"1.0", b"1", b"id", b"[1,2]"],
+            vec![b"peer", b"", b"1.0", b"1", b"id", br#"[{},{"_timeout":-1e300}]"#],
+        ];
+        for frames in bad.iter().take(6) {
+            let message = ZmqMessage::try_from(frames.iter().map(|f| Bytes::copy_from_slice(f)).collect::<Vec<_>>()).unwrap();
+            assert!(matches!(decode_request(message), Err(Error::InvalidMessage { .. })), "{frames:?}");
+        }
+        let message = ZmqMessage::try_from(bad[6].iter().map(|f| Bytes::copy_from_slice(f)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(decode_request(message).unwrap().client_timeout, None, "absurd _timeout ignored");
+    }
+}

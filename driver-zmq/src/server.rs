@@ -1,0 +1,387 @@
+//! The server side: one ROUTER socket per listener, bound to a random port in
+//! `[rpc_zmq_min_port, rpc_zmq_max_port)` (and to an `ipc://` socket file for same-host
+//! clients), registered in the matchmaker and refreshed every `zmq_target_update`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use oslo_core::codec::{DuplicateFilter, JsonMap};
+use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result};
+use serde_json::Value;
+use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend};
+
+use crate::config::ZmqConfig;
+use crate::frames::{self, MessageType, Request};
+use crate::matchmaker::Matchmaker;
+
+/// How long `stop()` waits for the matchmaker to forget this listener.
+const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket file a server on this host listens on, next to its TCP port `port`.
+pub(crate) fn ipc_path(dir: &Path, port: &str) -> PathBuf {
+    dir.join(format!("oslo-zmq-{port}.sock"))
+}
+
+/// What a listener registers: `(key, value)`. `None` means "this listener's `host:port`",
+/// removed again on stop; a given value is a pool's name, shared by the pool's listeners
+/// (registered under `<key>`, its listeners under `<key>/<name>`), removed with the last one.
+pub(crate) type Records = Vec<(String, Option<String>)>;
+
+/// A bound ROUTER socket.
+struct Bound {
+    socket: RouterSocket,
+    host: String,
+    ipc_file: Option<PathBuf>,
+}
+
+fn random_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u128() as u64
+}
+
+async fn bind(config: &ZmqConfig) -> Result<Bound> {
+    let mut socket = RouterSocket::new();
+    let bind_host = config.bind_host();
+    let bind_host = if bind_host.contains(':') && !bind_host.starts_with('[') {
+        format!("[{bind_host}]")
+    } else {
+        bind_host.to_string()
+    };
+    let span = u64::from(config.rpc_zmq_max_port - config.rpc_zmq_min_port);
+    let mut port = None;
+    let mut last_error = String::new();
+    for _ in 0..config.rpc_zmq_bind_port_retries {
+        let candidate = u64::from(config.rpc_zmq_min_port) + random_u64() % span;
+        if candidate > 65535 {
+            continue;
+        }
+        match socket.bind(&format!("tcp://{bind_host}:{candidate}")).await {
+            Ok(_) => {
+                port = Some(candidate as u16);
+                break;
+            }
+            Err(err) => last_error = err.to_string(),
+        }
+    }
+    let Some(port) = port else {
+        return Err(Error::transport(
+            crate::DRIVER_NAME,
+            format!(
+                "no free port in [{}, {}) on {bind_host} after {} tries (rpc_zmq_bind_port_retries): {last_error}",
+                config.rpc_zmq_min_port, config.rpc_zmq_max_port, config.rpc_zmq_bind_port_retries
+            ),
+            true,
+        ));
+    };
+    let ipc_file = if config.zmq_use_ipc {
+        bind_ipc(&mut socket, &config.rpc_zmq_ipc_dir, port).await
+    } else {
+        None
+    };
+    Ok(Bound {
+        socket,
+        host: format!("{}:{port}", config.rpc_zmq_host),
+        ipc_file,
+    })
+}
+
+/// Bind the `ipc://` endpoint, removing a stale socket file first (the crate fails with
+/// EADDRINUSE on one left by a killed process). Failing here only costs same-host clients
+/// the faster path: they use TCP.
+async fn bind_ipc(socket: &mut RouterSocket, dir: &Path, port: u16) -> Option<PathBuf> {
+    let path = ipc_path(dir, &port.to_string());
+    if path.as_os_str().len() > 100 {
+        tracing::warn!(path = %path.display(), "ipc socket path too long; same-host clients use TCP");
+        return None;
+    }
+    let prepare = {
+        let (dir, path) = (dir.to_path_buf(), path.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            std::fs::create_dir_all(&dir)?;
+            if path.exists() {
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    // A live server (bound on another address with the same port) owns it.
+                    return Ok(false);
+                }
+                std::fs::remove_file(&path)?;
+            }
+            Ok(true)
+        })
+        .await
+    };
+    match prepare {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            tracing::warn!(path = %path.display(), "ipc socket file in use by a live server; same-host clients use TCP");
+            return None;
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot prepare the ipc socket file (rpc_zmq_ipc_dir); same-host clients use TCP");
+            return None;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "ipc preparation task failed");
+            return None;
+        }
+    }
+    match socket.bind(&format!("ipc://{}", path.display())).await {
+        Ok(_) => Some(path),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "cannot bind the ipc endpoint; same-host clients use TCP");
+            None
+        }
+    }
+}
+
+/// Registered records, refreshed in the background until dropped or unregistered.
+struct Registration {
+    matchmaker: Arc<dyn Matchmaker>,
+    records: Vec<(String, String)>,
+    /// How many of `records` (from the start) are this listener's own, removed on stop.
+    own: usize,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Registration {
+    async fn start(matchmaker: Arc<dyn Matchmaker>, records: Vec<(String, String)>, own: usize, config: &ZmqConfig) -> Result<Self> {
+        let expire = config.zmq_target_expire;
+        for (key, value) in &records {
+            matchmaker.register(key, value, expire).await?;
+        }
+        let refresher = (!expire.is_zero()).then(|| {
+            let (matchmaker, records, every) = (matchmaker.clone(), records.clone(), config.zmq_target_update);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticker.tick().await;
+                    for (key, value) in &records {
+                        if let Err(err) = matchmaker.register(key, value, expire).await {
+                            tracing::warn!(key, error = %err, "cannot refresh a matchmaker record; it expires unless a later refresh works");
+                        }
+                    }
+                }
+            })
+        });
+        Ok(Registration {
+            matchmaker,
+            records,
+            own,
+            refresher,
+        })
+    }
+
+    async fn unregister(&mut self) {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+        let mut own = std::mem::take(&mut self.records);
+        let shared = own.split_off(self.own.min(own.len()));
+        let matchmaker = self.matchmaker.clone();
+        let work = async move {
+            for (key, value) in &own {
+                if let Err(err) = matchmaker.unregister(key, value).await {
+                    tracing::warn!(key, error = %err, "cannot remove a matchmaker record; it expires by itself");
+                }
+            }
+            // A pool's name goes once its last listener is gone.
+            for (key, value) in &shared {
+                if let Err(err) = matchmaker.unregister_if_empty(key, value, &format!("{key}/{value}")).await {
+                    tracing::warn!(key, error = %err, "cannot remove a matchmaker record; it expires by itself");
+                }
+            }
+        };
+        if tokio::time::timeout(UNREGISTER_TIMEOUT, work).await.is_err() {
+            tracing::warn!("matchmaker did not answer; records expire by themselves");
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+    }
+}
+
+/// A listener: its ROUTER socket, its records and its duplicate window.
+pub(crate) struct ZmqListener {
+    receiver: Option<RouterRecvHalf>,
+    sender: RouterSendHalf,
+    registration: Registration,
+    stopped: bool,
+    duplicates: DuplicateFilter,
+    ipc_file: Option<PathBuf>,
+    host: String,
+}
+
+impl ZmqListener {
+    /// Bind, register `records`, and start refreshing them.
+    pub(crate) async fn start(config: &ZmqConfig, matchmaker: Arc<dyn Matchmaker>, records: Records) -> Result<Self> {
+        let bound = bind(config).await?;
+        let (own, shared): (Records, Records) = records.into_iter().partition(|(_, value)| value.is_none());
+        let own_count = own.len();
+        let records: Vec<(String, String)> = own
+            .into_iter()
+            .chain(shared)
+            .map(|(key, value)| (key, value.unwrap_or_else(|| bound.host.clone())))
+            .collect();
+        let (sender, receiver) = bound.socket.split();
+        let registration = match Registration::start(matchmaker, records, own_count, config).await {
+            Ok(registration) => registration,
+            Err(err) => {
+                remove_ipc_file(bound.ipc_file).await;
+                return Err(err);
+            }
+        };
+        tracing::debug!(host = %bound.host, ipc = ?bound.ipc_file, "listening");
+        Ok(ZmqListener {
+            receiver: Some(receiver),
+            sender,
+            registration,
+            stopped: false,
+            duplicates: DuplicateFilter::default(),
+            ipc_file: bound.ipc_file,
+            host: bound.host,
+        })
+    }
+}
+
+async fn remove_ipc_file(path: Option<PathBuf>) {
+    if let Some(path) = path {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+    }
+}
+
+#[async_trait]
+impl Listener for ZmqListener {
+    async fn next(&mut self) -> Option<Box<dyn IncomingMessage>> {
+        loop {
+            if self.stopped {
+                return None;
+            }
+            let receiver = self.receiver.as_mut()?;
+            let frames = match receiver.recv().await {
+                Ok(frames) => frames,
+                Err(err) => {
+                    // Per-peer failures are handled by the crate (the peer is dropped); do not
+                    // spin if it keeps reporting.
+                    tracing::debug!(error = %err, "receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let request = match frames::decode_request(frames) {
+                Ok(request) => request,
+                Err(err) => {
+                    tracing::warn!(host = %self.host, error = %err, "dropping a malformed message");
+                    continue;
+                }
+            };
+            if let Some(unique_id) = &request.unique_id {
+                if !self.duplicates.check_and_add(unique_id) {
+                    tracing::info!(unique_id, "dropping a duplicate message");
+                    continue;
+                }
+            }
+            return Some(Box::new(ZmqIncoming {
+                request,
+                sender: self.sender.clone(),
+                replied: AtomicBool::new(false),
+            }));
+        }
+    }
+
+    async fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            // Clients stop choosing this server first; what they already sent is not read.
+            self.registration.unregister().await;
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        self.stop().await;
+        // The socket closes once the messages still being handled (each holds a sender) are dropped.
+        self.receiver = None;
+        remove_ipc_file(self.ipc_file.take()).await;
+    }
+}
+
+/// A request taken from the ROUTER socket.
+struct ZmqIncoming {
+    request: Request,
+    sender: RouterSendHalf,
+    replied: AtomicBool,
+}
+
+impl std::fmt::Debug for ZmqIncoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqIncoming")
+            .field("kind", &self.request.kind)
+            .field("message_id", &String::from_utf8_lossy(&self.request.message_id))
+            .finish()
+    }
+}
+
+impl ZmqIncoming {
+    async fn send_to_caller(&self, payload: Option<Bytes>) -> Result<()> {
+        let frames = frames::reply(self.request.peer.clone(), &self.request.message_id, payload);
+        let mut sender = self.sender.clone();
+        if let Err(err) = sender.send(frames).await {
+            // The caller is gone (its connection closed): nothing to do but say so.
+            tracing::info!(message_id = %String::from_utf8_lossy(&self.request.message_id), error = %err, "caller gone; reply dropped");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IncomingMessage for ZmqIncoming {
+    fn message(&self) -> &JsonMap {
+        &self.request.message
+    }
+
+    fn context(&self) -> &JsonMap {
+        &self.request.context
+    }
+
+    fn client_timeout(&self) -> Option<Duration> {
+        self.request.client_timeout
+    }
+
+    fn expects_reply(&self) -> bool {
+        self.request.kind == MessageType::Call
+    }
+
+    async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()> {
+        if !self.expects_reply() || self.replied.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let payload = frames::encode_reply_payload(&outcome)?;
+        self.send_to_caller(Some(payload)).await
+    }
+
+    async fn heartbeat(&self) -> Result<()> {
+        if !self.expects_reply() || self.replied.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.send_to_caller(None).await
+    }
+
+    async fn acknowledge(&self) -> Result<()> {
+        // Nothing to acknowledge: there is no broker, the message is already here.
+        Ok(())
+    }
+
+    async fn requeue(&self) -> Result<()> {
+        Err(Error::transport(
+            crate::DRIVER_NAME,
+            "the zmq driver cannot requeue a message: there is no broker to give it back to",
+            false,
+        ))
+    }
+}
