@@ -458,6 +458,10 @@ impl IncomingMessage for FakeIncoming {
         self.request.msg_id.is_some()
     }
 
+    fn unique_id(&self) -> Option<&str> {
+        self.request.unique_id.as_deref()
+    }
+
     async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()> {
         match &self.request.msg_id {
             Some(msg_id) => self.send_reply(Reply::final_reply(msg_id.clone(), outcome)),

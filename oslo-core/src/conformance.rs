@@ -114,6 +114,20 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// The robustness group: cases that wrap the transport's driver in a
+/// [`FaultInjectingDriver`](crate::fault::FaultInjectingDriver) (delays, drops, duplicates,
+/// disconnects) and check that nothing hangs, nothing is handled twice and errors are typed.
+/// The `oslo-tests` runner reports them as `fault::<case>` over `fake://`.
+pub fn robustness_cases() -> Vec<Case> {
+    vec![
+        case!(duplicated_requests_are_handled_once),
+        case!(delayed_replies_arrive_within_timeout),
+        case!(dropped_requests_end_in_timeout),
+        case!(disconnect_errors_are_retryable_and_retry_succeeds),
+        case!(disconnected_server_catches_up_without_loss),
+    ]
+}
+
 /// Run every case against transports made by `make_transport`, returning the failures.
 /// Convenient for drivers outside this workspace; the `oslo-tests` crate reports each case
 /// separately instead.
@@ -1176,19 +1190,255 @@ pub async fn notifier_batch(transport: Transport) {
         }
     });
     let n = notifier(&transport, &[&topic]);
-    // Queue them first so that full batches are available at once.
+    let mut builder = Some(
+        NotificationListener::builder(transport.clone(), vec![Target::new(&topic)])
+            .endpoint(endpoint)
+            .batch(5, Duration::from_millis(500)),
+    );
+    // Queue them first so that full batches are available at once; a driver without
+    // store-and-forward would drop them, so there the listener starts first.
+    let mut listener = None;
+    if !transport.capabilities().store_and_forward {
+        listener = Some(builder.take().unwrap().start().await.expect("listener"));
+    }
     for i in 0..12 {
         n.info(&ctxt(), "batched", json!({"i": i})).await.unwrap();
     }
-    let listener = NotificationListener::builder(transport.clone(), vec![Target::new(&topic)])
-        .endpoint(endpoint)
-        .batch(5, Duration::from_millis(500))
-        .start()
-        .await
-        .expect("listener");
+    let listener = match listener {
+        Some(listener) => listener,
+        None => builder.take().unwrap().start().await.expect("listener"),
+    };
     assert!(eventually(Duration::from_secs(10), || batches.lock().unwrap().iter().sum::<usize>() == 12).await);
     let sizes = batches.lock().unwrap().clone();
     assert!(sizes.iter().all(|s| *s <= 5), "{sizes:?}");
     assert!(sizes.iter().any(|s| *s > 1), "batched: {sizes:?}");
     listener.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness cases (run through the fault-injection wrapper)
+
+use crate::fault::{FaultConfig, FaultInjectingDriver};
+
+fn faulty(transport: &Transport, config: FaultConfig) -> (FaultInjectingDriver, Transport) {
+    let faults = FaultInjectingDriver::new(transport.driver().clone(), config);
+    let wrapped = faults.transport(transport);
+    (faults, wrapped)
+}
+
+/// Every request delivered twice (as after a reconnect) is still handled once: the copy is
+/// dropped by its `_unique_id`.
+pub async fn duplicated_requests_are_handled_once(transport: Transport) {
+    let topic = topic();
+    let (faults, server_transport) = faulty(&transport, FaultConfig::new().seed(11).duplicate_probability(1.0));
+    let (server, recorder) = start_recorded(&server_transport, &topic, "server-a").await;
+    let client = client(&transport, &topic);
+    for i in 0..10 {
+        client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+    }
+    for _ in 0..5 {
+        assert_eq!(client.call(&ctxt(), "whoami", json!({})).await.expect("call"), json!("server-a"));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || recorder.values().len() >= 10).await,
+        "casts handled"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // room for a second handling to show
+    let mut values: Vec<i64> = recorder.values().iter().filter_map(Value::as_i64).collect();
+    values.sort();
+    assert_eq!(values, (0..10).collect::<Vec<_>>(), "each cast handled exactly once");
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 5, "each call handled exactly once");
+    assert_eq!(faults.stats().duplicated, 15, "every request was delivered twice");
+    server.shutdown().await;
+}
+
+/// Slow sends, deliveries and replies still answer within the timeout; a timeout shorter
+/// than the delays ends in `MessagingTimeout` on time, not later.
+pub async fn delayed_replies_arrive_within_timeout(transport: Transport) {
+    let topic = topic();
+    let delay = Duration::from_millis(150);
+    let (server_faults, server_transport) = faulty(
+        &transport,
+        FaultConfig::new().seed(12).delay(delay).jitter(Duration::from_millis(100)),
+    );
+    let (client_faults, client_transport) = faulty(&transport, FaultConfig::new().seed(13).send_delay(delay));
+    let server = start_server(&server_transport, &topic, "server-a", Recorder::default()).await;
+    let client = RpcClient::new(client_transport, Target::new(&topic)).timeout(Duration::from_secs(10));
+    let calls = (0..8).map(|i| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let result = client.call(&ctxt(), "echo", json!({"value": i})).await;
+            (i, result, started.elapsed())
+        }
+    });
+    for (i, result, elapsed) in futures::future::join_all(calls).await {
+        assert_eq!(result.expect("delayed call"), json!(i));
+        // Send, delivery and reply were each held back at least `delay`.
+        assert!(elapsed >= delay * 3, "call {i} took only {elapsed:?}");
+    }
+    assert!(server_faults.stats().delayed >= 16, "{:?}", server_faults.stats());
+    assert_eq!(client_faults.stats().delayed, 8);
+
+    let timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let err = client
+        .prepare()
+        .timeout(timeout)
+        .call(&ctxt(), "echo", json!({"value": "late"}))
+        .await
+        .expect_err("the delays exceed the timeout");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout && elapsed < timeout + Duration::from_secs(1),
+        "timed out after {elapsed:?}"
+    );
+    server.shutdown().await;
+}
+
+/// A lost request or a lost reply ends the call in `MessagingTimeout` at its timeout, never
+/// a hang; on a lossy link every call either answers or times out.
+pub async fn dropped_requests_end_in_timeout(transport: Transport) {
+    let timeout = Duration::from_millis(300);
+    let bounded = |elapsed: Duration| elapsed >= timeout && elapsed < timeout + Duration::from_secs(2);
+
+    // Every request lost.
+    let topic_a = topic();
+    let (faults, server_transport) = faulty(&transport, FaultConfig::new().seed(14).drop_probability(1.0));
+    let (server, recorder) = start_recorded(&server_transport, &topic_a, "server-a").await;
+    let started = Instant::now();
+    let err = client(&transport, &topic_a)
+        .timeout(timeout)
+        .call(&ctxt(), "whoami", json!({}))
+        .await
+        .expect_err("request lost");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    assert!(bounded(started.elapsed()), "timed out after {:?}", started.elapsed());
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(faults.stats().dropped, 1);
+    server.shutdown().await;
+
+    // Every reply lost: the endpoint ran, the caller still times out on time.
+    let topic_b = topic();
+    let (faults, server_transport) = faulty(&transport, FaultConfig::new().seed(15).drop_reply_probability(1.0));
+    let (server, recorder) = start_recorded(&server_transport, &topic_b, "server-b").await;
+    let started = Instant::now();
+    let err = client(&transport, &topic_b)
+        .timeout(timeout)
+        .call(&ctxt(), "whoami", json!({}))
+        .await
+        .expect_err("reply lost");
+    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    assert!(bounded(started.elapsed()), "timed out after {:?}", started.elapsed());
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(faults.stats().replies_dropped, 1);
+    server.shutdown().await;
+
+    // A lossy link: one timeout per lost request, every other call answered.
+    let topic_c = topic();
+    let (faults, server_transport) = faulty(&transport, FaultConfig::new().seed(16).drop_probability(0.3));
+    let server = start_server(&server_transport, &topic_c, "server-c", Recorder::default()).await;
+    let client = client(&transport, &topic_c).timeout(timeout);
+    let (mut answered, mut timed_out) = (0u64, 0u64);
+    for i in 0..20 {
+        match client.call(&ctxt(), "echo", json!({"value": i})).await {
+            Ok(value) => {
+                assert_eq!(value, json!(i));
+                answered += 1;
+            }
+            Err(Error::MessagingTimeout { .. }) => timed_out += 1,
+            Err(other) => panic!("call {i}: unexpected error {other}"),
+        }
+    }
+    assert_eq!(timed_out, faults.stats().dropped, "one timeout per lost request");
+    assert!(answered > 0 && timed_out > 0, "seed 16 loses some but not all: {answered} answered");
+    server.shutdown().await;
+}
+
+/// While the connection is down a send fails with a typed, retryable error once its retry
+/// budget is spent (sends with retries left wait for the link); retrying later succeeds and
+/// the failed attempt is never delivered.
+pub async fn disconnect_errors_are_retryable_and_retry_succeeds(transport: Transport) {
+    let topic = topic();
+    let (server, recorder) = start_recorded(&transport, &topic, "server-a").await;
+    let window = Duration::from_millis(400);
+    let (faults, client_transport) = faulty(&transport, FaultConfig::new().seed(17).disconnect_after(3).disconnect_for(window));
+    let client = RpcClient::new(client_transport, Target::new(&topic))
+        .timeout(Duration::from_secs(10))
+        .retry(Retry::Limited(0));
+    for i in 0..3 {
+        client.cast(&ctxt(), "record", json!({"value": i})).await.expect("before the break");
+    }
+    let started = Instant::now();
+    let err = client
+        .cast(&ctxt(), "record", json!({"value": 3}))
+        .await
+        .expect_err("connection lost");
+    assert!(matches!(err, Error::Transport { .. }), "typed: {err}");
+    assert!(err.is_retryable(), "retryable: {err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "failed fast, no hang");
+
+    // The application retries with a backoff until the link is back.
+    let mut attempts = 1;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match client.cast(&ctxt(), "record", json!({"value": 3})).await {
+            Ok(()) => break,
+            Err(err) if err.is_retryable() && started.elapsed() < Duration::from_secs(5) => {
+                attempts += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(400));
+            }
+            Err(err) => panic!("retry did not succeed: {err}"),
+        }
+    }
+    assert!(attempts >= 2, "the first retries hit the outage");
+    assert!(started.elapsed() >= window - Duration::from_millis(50), "{:?}", started.elapsed());
+
+    // A send with retries left rides out a short outage by itself.
+    faults.disconnect_for(Duration::from_millis(200));
+    let value = client
+        .prepare()
+        .retry(Retry::Limited(100))
+        .call(&ctxt(), "echo", json!({"value": "after"}))
+        .await
+        .expect("retried by the driver");
+    assert_eq!(value, json!("after"));
+
+    assert!(
+        eventually(Duration::from_secs(10), || recorder.values().len() >= 4).await,
+        "casts handled"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut values: Vec<i64> = recorder.values().iter().filter_map(Value::as_i64).collect();
+    values.sort();
+    assert_eq!(values, vec![0, 1, 2, 3], "failed attempts were never delivered");
+    assert!(faults.stats().sends_failed >= 2, "{:?}", faults.stats());
+    server.shutdown().await;
+}
+
+/// A server whose connection is down takes nothing; once it is back it handles every
+/// message sent meanwhile, each once.
+pub async fn disconnected_server_catches_up_without_loss(transport: Transport) {
+    let topic = topic();
+    let (faults, server_transport) = faulty(&transport, FaultConfig::new().seed(18));
+    let (server, recorder) = start_recorded(&server_transport, &topic, "server-a").await;
+    faults.disconnect();
+    let client = client(&transport, &topic);
+    for i in 0..5 {
+        client.cast(&ctxt(), "record", json!({"value": i})).await.expect("cast");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(recorder.values().is_empty(), "handled while disconnected: {:?}", recorder.values());
+    faults.reconnect();
+    assert!(
+        eventually(Duration::from_secs(10), || recorder.values().len() >= 5).await,
+        "caught up"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut values: Vec<i64> = recorder.values().iter().filter_map(Value::as_i64).collect();
+    values.sort();
+    assert_eq!(values, (0..5).collect::<Vec<_>>(), "each once");
+    server.shutdown().await;
 }

@@ -120,6 +120,13 @@ pub trait IncomingMessage: Send + Sync + fmt::Debug {
     /// Whether the sender waits for a reply (a call).
     fn expects_reply(&self) -> bool;
 
+    /// The sender's `_unique_id`, when the driver reports it: the RPC server then drops a
+    /// second delivery of the same id (a redelivery after a lost acknowledgement, or an
+    /// injected duplicate). Drivers that filter duplicates themselves may leave it `None`.
+    fn unique_id(&self) -> Option<&str> {
+        None
+    }
+
     /// Send the final reply to the caller. MUST be called at most once; does nothing for casts.
     /// MUST NOT fail the server when the caller is gone: the driver logs and drops the reply.
     async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()>;

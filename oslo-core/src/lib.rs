@@ -14,6 +14,7 @@ pub mod codec;
 pub mod conformance;
 pub mod driver;
 pub mod error;
+pub mod fault;
 pub mod notify;
 pub mod pyjson;
 pub mod remote;

@@ -107,10 +107,14 @@ async fn serve(
             }
         }
         let work = handler(messages);
-        in_flight.spawn(async move {
-            work.await;
-            drop(permit);
-        });
+        // The handler task keeps the server's span, so its logs say which server they are from.
+        in_flight.spawn(
+            async move {
+                work.await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
         // Reap finished tasks so the set does not grow.
         while in_flight.try_join_next().is_some() {}
     }

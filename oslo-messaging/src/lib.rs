@@ -9,8 +9,8 @@
 //! |---|---|---|---|
 //! | `rabbit` (default) | `rabbit://`, `kombu://` | `driver-rabbit` (lapin) | RabbitMQ, wire-compatible with oslo.messaging 18.3.1 |
 //! | `fake` (default) | `fake://<bus-name>` | `driver-fake` | in memory, for unit tests |
-//! | `amqp1` | `amqp://` | `driver-amqp1` | not implemented yet: `get_transport` says so |
-//! | `zmq` | `zmq://`, `zmq+redis://`, `zmq+dummy://` | `driver-zmq` | not implemented yet: `get_transport` says so |
+//! | `amqp1` | `amqp://` | `driver-amqp1` (fe2o3-amqp) | AMQP 1.0: qpidd, qpid-dispatch-router, RabbitMQ 3.x `rabbitmq_amqp1_0` |
+//! | `zmq` | `zmq://`, `zmq+redis://`, `zmq+dummy://` | `driver-zmq` (zeromq) | brokerless ZeroMQ, oslo's direct mode, Redis or in-process matchmaker; no store-and-forward |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oslo_messaging::Result<()> {
@@ -57,9 +57,25 @@ pub fn install_drivers(registry: &DriverRegistry) {
 
 /// Register every compiled-in driver in the process-wide registry (idempotent), as sqlx's
 /// `install_default_drivers`.
+///
+/// The process-wide registry also gets the `fault+<driver>://` wrapper
+/// ([`oslo_core::fault`]), so tests can inject delays, drops, duplicates and disconnects by URL,
+/// e.g. `fault+fake://bus?fault_drop=0.1&fault_seed=7`:
+///
+/// ```
+/// # #[cfg(feature = "fake")] {
+/// let flaky = oslo_messaging::get_transport("fault+fake://doc-bus?fault_drop=0.1&fault_seed=7");
+/// assert!(flaky.is_ok());
+/// let typo = oslo_messaging::get_transport("fault+fake://doc-bus?fault_dorp=0.1").unwrap_err();
+/// assert!(typo.to_string().contains("fault_dorp"), "{typo}");
+/// # }
+/// ```
 pub fn install_default_drivers() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| install_drivers(DriverRegistry::global()));
+    INSTALLED.call_once(|| {
+        install_drivers(DriverRegistry::global());
+        oslo_core::fault::register(DriverRegistry::global());
+    });
 }
 
 /// Parse `url` and build a transport with every compiled-in driver available.

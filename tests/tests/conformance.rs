@@ -15,6 +15,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn trials_for(driver: &'static str, make_url: impl Fn(&str) -> String + Clone + Send + 'static) -> Vec<Trial> {
+    trials_of(driver, conformance::cases(), make_url)
+}
+
+fn trials_of(
+    driver: &'static str,
+    cases: Vec<conformance::Case>,
+    make_url: impl Fn(&str) -> String + Clone + Send + 'static,
+) -> Vec<Trial> {
     // Ask the driver for its capabilities once, to decide what to skip.
     let capabilities = match get_transport(&make_url("capabilities")) {
         Ok(transport) => Some(transport.capabilities()),
@@ -24,7 +32,7 @@ fn trials_for(driver: &'static str, make_url: impl Fn(&str) -> String + Clone + 
             })];
         }
     };
-    conformance::cases()
+    cases
         .into_iter()
         .map(|case| {
             let name = format!("{driver}::{}", case.name);
@@ -52,6 +60,10 @@ fn main() {
     let args = Arguments::from_args();
     // Each case gets its own in-memory bus.
     let mut trials = trials_for("fake", |case| format!("fake://conformance-{case}"));
+    // The robustness group wraps fake:// in the fault-injection driver (`fault::<case>`).
+    trials.extend(trials_of("fault", conformance::robustness_cases(), |case| {
+        format!("fake://conformance-fault-{case}")
+    }));
     for (driver, variable) in oslo_tests::BROKERS {
         match oslo_tests::broker_url(driver, variable) {
             Some(url) => trials.extend(trials_for(driver, move |_| url.clone())),
@@ -62,6 +74,18 @@ fn main() {
     // oslo leaves topic and notification queues behind by design; ours are randomly named.
     if let Ok(url) = std::env::var("OSLO_TEST_RABBIT_URL") {
         runtime().block_on(oslo_tests::purge_rabbit_queues(&url, &["conformance-"]));
+    }
+    // The AMQP 1.0 driver on RabbitMQ names the shared queues by oslo's legacy addresses.
+    if let Ok(url) = std::env::var("OSLO_TEST_AMQP1_URL") {
+        let prefixes = [
+            "unicast.openstack.conformance-",
+            "exclusive.openstack.conformance-",
+            "unicast.conformance-",
+            "exclusive.conformance-",
+            // notification pool queues, named after the pool
+            "conformance-",
+        ];
+        runtime().block_on(oslo_tests::purge_rabbit_queues(&url, &prefixes));
     }
     conclusion.exit();
 }

@@ -183,9 +183,12 @@ fn unknown_scheme_names_drivers_and_feature() {
     let err = get_transport("kafka://broker:9092/").unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::DriverLoadFailure { .. }));
-    assert!(text.contains("\"kafka\"") && text.contains("fake"), "{text}");
-    let err = get_transport("amqp://guest:guest@127.0.0.1:5672/").unwrap_err();
-    assert!(err.to_string().contains("amqp1"), "{err}");
+    assert!(text.contains("\"kafka\""), "{text}");
+    // This crate compiles every driver in, so the list names them all. (The hint naming the
+    // Cargo feature of a known driver left out is tested in the facade, without `zmq`.)
+    for scheme in ["fake", "rabbit", "amqp", "zmq"] {
+        assert!(text.contains(scheme), "{scheme} missing from: {text}");
+    }
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! `RpcServer` (oslo `rpc/server.py`, `server.py`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::codec::DuplicateFilter;
 use crate::driver::IncomingMessage;
 use crate::error::Result;
 use crate::remote::HandlerError;
@@ -68,6 +69,7 @@ impl RpcServerBuilder {
             endpoints.push(Endpoint::new().method(PING_METHOD, |_ctxt, _args: Value| async { Ok::<_, HandlerError>("pong") }));
         }
         let dispatcher = Arc::new(RpcDispatcher::new(endpoints, self.access_policy, self.serializer));
+        let recent = Arc::new(Mutex::new(DuplicateFilter::default()));
         let listener = self.transport.driver().listen(&self.target).await?;
         let span = tracing::info_span!(
             "rpc.server",
@@ -84,9 +86,10 @@ impl RpcServerBuilder {
             span,
             Arc::new(move |messages| {
                 let dispatcher = dispatcher.clone();
+                let recent = recent.clone();
                 async move {
                     for message in messages {
-                        handle(message, &dispatcher).await;
+                        handle(message, &dispatcher, &recent).await;
                     }
                 }
                 .boxed()
@@ -159,10 +162,26 @@ impl RpcServer {
     }
 }
 
-async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher) {
+async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, recent: &Mutex<DuplicateFilter>) {
+    // A second delivery of a `_unique_id` already taken is acknowledged and dropped (oslo
+    // `_MsgIdCache`), for drivers that report the id instead of filtering themselves.
+    let unique_id = message.unique_id().map(str::to_string);
+    if let Some(unique_id) = &unique_id {
+        if !recent.lock().expect("duplicate window poisoned").check_and_add(unique_id) {
+            tracing::info!(%unique_id, "ignoring duplicate message");
+            if let Err(err) = message.acknowledge().await {
+                tracing::debug!(error = %err, "failed to acknowledge a duplicate");
+            }
+            return;
+        }
+    }
     // RPC requests are acknowledged before dispatch (at-most-once, as oslo).
     if let Err(err) = message.acknowledge().await {
         tracing::warn!(error = %err, "failed to acknowledge an RPC request; dropping it");
+        if let Some(unique_id) = &unique_id {
+            // The broker redelivers it: that delivery must run, not be taken for a duplicate.
+            recent.lock().expect("duplicate window poisoned").forget(unique_id);
+        }
         return;
     }
     let method = message
