@@ -286,8 +286,9 @@ impl IncomingMessage for RabbitIncoming {
 
 type Outbox = mpsc::UnboundedSender<Box<dyn IncomingMessage>>;
 
-/// How many recent `_unique_id`s a listener remembers (oslo `_MsgIdCache`).
-const DUPLICATE_WINDOW: usize = 16;
+/// How many recent `_unique_id`s a listener remembers (oslo `_MsgIdCache` keeps 16; see
+/// [`codec::DEFAULT_DUPLICATE_WINDOW`] for why ours is larger).
+const DUPLICATE_WINDOW: usize = codec::DEFAULT_DUPLICATE_WINDOW;
 
 /// Decode a delivery, or log it and reject it without requeue (oslo's consumer callback:
 /// "Failed to process message ... skipping it.").

@@ -411,6 +411,13 @@ impl Session {
         loop {
             tokio::select! {
                 event = self.events.next() => match event {
+                    // lapin reports channel-level (soft) errors here too, such as the declare
+                    // channel closed by a durable mismatch that `establish` already retried on a
+                    // new channel. The connection is fine; a consumer's own channel closing ends
+                    // its forwarder, which is noticed below.
+                    Some(Event::Error(error)) if error.is_amqp_soft_error() && self.connection.status().connected() => {
+                        tracing::debug!(error = %error, "a channel of the consuming connection was closed");
+                    }
                     Some(Event::Error(error)) => return format!("connection error: {error}"),
                     Some(Event::ConnectionBlocked(reason)) => tracing::warn!(reason = %reason, "The broker has blocked the connection"),
                     Some(Event::ConnectionUnblocked) => tracing::info!("The broker has unblocked the connection"),

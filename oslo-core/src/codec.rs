@@ -4,7 +4,7 @@
 //! Output is byte-identical to oslo.messaging 18.3.1 for the same input and ids (Python
 //! `json.dumps` style, see [`crate::pyjson`]); input may be any valid JSON.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -375,49 +375,64 @@ impl serde::Serialize for Reply {
     }
 }
 
-/// Window of recently seen `_unique_id`s (oslo `_MsgIdCache`, 16 entries per listener):
-/// redelivered duplicates are detected and dropped.
+/// How many recent `_unique_id`s a listener remembers by default.
+///
+/// oslo's `_MsgIdCache` keeps 16. That is too few after a connection break under load: every
+/// request handled but not yet acknowledged comes back, and with no prefetch limit (oslo's
+/// default) that can be hundreds, so most were handled twice. A few thousand 32-character ids
+/// cost about half a megabyte per listener and catch them.
+pub const DEFAULT_DUPLICATE_WINDOW: usize = 4096;
+
+/// Window of recently seen `_unique_id`s (oslo `_MsgIdCache`): redelivered duplicates are
+/// detected and dropped. Lookups are hashed, so a large window costs no more per message.
 #[derive(Debug)]
 pub struct DuplicateFilter {
-    seen: VecDeque<String>,
+    order: VecDeque<String>,
+    seen: HashSet<String>,
     capacity: usize,
 }
 
 impl Default for DuplicateFilter {
     fn default() -> Self {
-        Self::with_capacity(16)
+        Self::with_capacity(DEFAULT_DUPLICATE_WINDOW)
     }
 }
 
 impl DuplicateFilter {
-    /// A window remembering `capacity` ids.
+    /// A window remembering the last `capacity` ids.
     pub fn with_capacity(capacity: usize) -> Self {
         DuplicateFilter {
-            seen: VecDeque::with_capacity(capacity),
+            order: VecDeque::new(),
+            seen: HashSet::new(),
             capacity: capacity.max(1),
         }
     }
 
     /// Record `unique_id`; returns `false` if it was already in the window (a duplicate).
     pub fn check_and_add(&mut self, unique_id: &str) -> bool {
-        if self.contains(unique_id) {
+        if self.seen.contains(unique_id) {
             return false;
         }
-        if self.seen.len() == self.capacity {
-            self.seen.pop_front();
+        if self.order.len() == self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
         }
-        self.seen.push_back(unique_id.to_string());
+        self.order.push_back(unique_id.to_string());
+        self.seen.insert(unique_id.to_string());
         true
     }
 
     /// Whether `unique_id` is in the window.
     pub fn contains(&self, unique_id: &str) -> bool {
-        self.seen.iter().any(|seen| seen == unique_id)
+        self.seen.contains(unique_id)
     }
 
     /// Forget `unique_id`, so that a redelivery of it is taken again (its ack failed).
     pub fn forget(&mut self, unique_id: &str) {
-        self.seen.retain(|seen| seen != unique_id);
+        if self.seen.remove(unique_id) {
+            self.order.retain(|seen| seen != unique_id);
+        }
     }
 }
 
@@ -557,6 +572,18 @@ mod tests {
     }
 
     #[test]
+    fn default_window_catches_a_burst_of_redeliveries() {
+        // After a break, every handled-but-unacked request comes back at once.
+        let mut filter = DuplicateFilter::default();
+        let ids: Vec<String> = (0..DEFAULT_DUPLICATE_WINDOW).map(|i| format!("{i:032x}")).collect();
+        assert!(ids.iter().all(|id| filter.check_and_add(id)));
+        assert!(ids.iter().all(|id| !filter.check_and_add(id)), "every redelivery is a duplicate");
+        assert!(filter.check_and_add("new"));
+        assert!(!filter.contains(&ids[0]), "the oldest id left the window");
+        assert!(filter.contains(&ids[1]));
+    }
+
+    #[test]
     fn absurd_timeouts_do_not_panic() {
         for (value, expected) in [
             (json!(1e20), Some(MAX_CLIENT_TIMEOUT)),
@@ -569,6 +596,15 @@ mod tests {
             let decoded = decode_request(map(json!({"method": "m", "_timeout": value})));
             assert_eq!(decoded.client_timeout, expected, "{value}");
         }
+    }
+
+    #[test]
+    fn floats_survive_a_decode_encode_round_trip_exactly() {
+        // Found by fuzzing: without serde_json's `float_roundtrip` this integer decoded to a
+        // float whose printed shortest form parsed back one bit off.
+        let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": 42222222222222222222222222222222222222222222222222222222222222, \"f\": 0.30000000000000004}"}"#;
+        let map = decode_body(body).unwrap();
+        assert_eq!(decode_body(&encode_envelope(&map).unwrap()).unwrap(), map);
     }
 
     #[test]
