@@ -107,7 +107,9 @@ pub struct Amqp1Config {
     pub default_rpc_exchange: Option<String>,
     /// Credit of the reply link (`200`).
     pub reply_link_credit: u32,
-    /// Credit of each RPC server link (`100`).
+    /// Credit of each RPC server link (`100`). The window is refilled as messages are taken
+    /// off the link; a consumer that falls behind stops the refills, so at most this many
+    /// plus the listener's buffer (256) are outstanding.
     pub rpc_server_credit: u32,
     /// Credit of each notification server link (`100`).
     pub notify_server_credit: u32,
