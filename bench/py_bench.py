@@ -10,7 +10,7 @@ Run it with the interop virtualenv (``bash interop/setup-venv.sh`` creates it):
 pool of 64) listening on TOPIC as NAME with one endpoint:
 
 * ``echo(value)``  -> value
-* ``incr()``       -> increments an in-process counter (used by casts)
+* ``incr(value)``  -> increments an in-process counter (used by casts; the payload is ignored)
 * ``counter()``    -> the counter's value
 
 It prints ``READY`` (flushed) once it consumes, and stops cleanly on EOF on stdin, SIGTERM or
@@ -23,10 +23,11 @@ SIGINT (stop + wait + transport cleanup, which deletes its fanout queue), then p
                -> median / p99 latency, calls/s
 * ``inflight``: ``--threads`` threads sharing one RPC client call ``echo`` in a loop;
                ``--warmup-secs`` untimed, then ``--duration`` timed -> calls/s, latency
-* ``cast``:    ``--count`` casts of ``incr()`` to the topic, one after another (oslo waits for
-               the publisher confirm of each), timed from the first send until the server's
-               ``counter()`` (a server-targeted call, polled every ``--poll-ms``) has grown by
-               ``--count``  -> casts/s (end to end) and the send-only rate
+* ``cast``:    ``--count`` casts of ``incr(value=<payload>)`` to the topic (shared by the servers in
+               ``--servers``), one after another (oslo waits for
+               the publisher confirm of each), timed from the first send until the servers'
+               ``counter()`` values (server-targeted calls, polled every ``--poll-ms``) have grown
+               by ``--count`` in total  -> casts/s (end to end) and the send-only rate
 * ``fanout``:  the same with fanout casts, until every server in ``--servers`` has counted them
 * ``notify``:  a notification listener (``get_notification_listener``, threading executor) on
                ``--topic`` is started in this process; then ``--count`` ``info`` notifications
@@ -105,7 +106,7 @@ class BenchEndpoint:
     def echo(self, ctxt, value):
         return value
 
-    def incr(self, ctxt):
+    def incr(self, ctxt, value=None):
         with self._lock:
             self._count += 1
 
@@ -162,11 +163,20 @@ def serve(opts):
     print("STOPPED", flush=True)
 
 
-def wait_counters(client, servers, targets, timeout_s, poll_s):
-    """Poll each server's counter() until it reaches its target; returns the final values."""
+def wait_counters(client, servers, targets, timeout_s, poll_s, total=None):
+    """Poll each server's counter() until it reaches its target (or, with ``total``, until the
+    counters' sum reaches it: casts to a topic served by several servers are shared among them);
+    returns the final values."""
     deadline = time.monotonic() + timeout_s
     values = {}
     pending = list(servers)
+    while total is not None:
+        values = {name: client.prepare(server=name).call({}, "counter") for name in servers}
+        if sum(values.values()) >= total:
+            return values
+        if time.monotonic() > deadline:
+            raise TimeoutError("counters %r did not reach a sum of %r within %ss" % (values, total, timeout_s))
+        time.sleep(poll_s)
     while pending:
         for name in list(pending):
             values[name] = client.prepare(server=name).call({}, "counter")
@@ -301,16 +311,16 @@ def run_client(opts):
         elif opts.scenario in ("cast", "fanout"):
             servers = opts.servers.split(",")
             fanout = opts.scenario == "fanout"
-            if not fanout:
-                servers = servers[:1]
             before = {name: client.prepare(server=name).call({}, "counter") for name in servers}
             targets = {name: before[name] + opts.count for name in servers}
+            # A cast reaches one of the topic's servers; a fanout cast reaches every one.
+            total = None if fanout else sum(before.values()) + opts.count
             sender = client.prepare(fanout=True) if fanout else client
             start = time.perf_counter()
             for _ in range(opts.count):
-                sender.cast({}, "incr")
+                sender.cast({}, "incr", value=payload)
             sent = time.perf_counter()
-            final = wait_counters(client, servers, targets, opts.timeout, opts.poll_ms / 1e3)
+            final = wait_counters(client, servers, targets, opts.timeout, opts.poll_ms / 1e3, total)
             done = time.perf_counter()
             out.update({
                 "count": opts.count, "secs": done - start, "per_s": opts.count / (done - start),

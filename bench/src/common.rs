@@ -35,7 +35,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// One measurement of one implementation in one scenario.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
     /// Calls/s or casts/s (end to end).
     pub per_s: Option<f64>,
@@ -157,7 +157,7 @@ const CLK_TCK: f64 = 100.0;
 pub struct CpuSnap {
     busy: u64,
     total: u64,
-    /// This process, with its waited-for children (the Python clients).
+    /// The client processes (or this process with its waited-for children: the Python clients).
     client: u64,
     /// The servers of the implementation being measured.
     servers: u64,
@@ -168,7 +168,7 @@ pub struct CpuSnap {
 }
 
 /// Snapshot the machine and the processes taking part.
-pub fn cpu_snap(servers: &[u32], others: &[u32], broker: &[u32]) -> Option<CpuSnap> {
+pub fn cpu_snap(clients: &[u32], servers: &[u32], others: &[u32], broker: &[u32]) -> Option<CpuSnap> {
     let (busy, total) = machine_jiffies()?;
     let sum = |pids: &[u32]| {
         pids.iter()
@@ -178,7 +178,11 @@ pub fn cpu_snap(servers: &[u32], others: &[u32], broker: &[u32]) -> Option<CpuSn
     Some(CpuSnap {
         busy,
         total,
-        client: process_jiffies("self", true)?,
+        client: if clients.is_empty() {
+            process_jiffies("self", true)?
+        } else {
+            sum(clients)
+        },
         servers: sum(servers),
         others: sum(others),
         broker: sum(broker),
@@ -186,11 +190,11 @@ pub fn cpu_snap(servers: &[u32], others: &[u32], broker: &[u32]) -> Option<CpuSn
 }
 
 /// CPU used during a measurement.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct CpuUse {
     /// CPU used by processes outside the benchmark and the broker, in % of the machine.
     pub foreign_pct: f64,
-    /// CPU seconds of the client (this process, or the Python client process).
+    /// CPU seconds of the client process.
     pub client_s: f64,
     /// CPU seconds of the measured implementation's servers.
     pub server_s: f64,
@@ -231,6 +235,10 @@ pub struct ServerProc {
     stdin: Option<ChildStdin>,
     /// Its stderr.
     pub log: PathBuf,
+    /// Lines it printed before `READY` (e.g. `ENDPOINT tcp://…`).
+    pub banner: Vec<String>,
+    /// Its stdout lines after `READY`.
+    lines: mpsc::Receiver<String>,
     stopped: bool,
 }
 
@@ -259,14 +267,16 @@ impl ServerProc {
             child,
             stdin,
             log,
+            banner: Vec::new(),
+            lines: rx,
             stopped: false,
         };
         let deadline = Instant::now() + ready_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(remaining) {
+            match server.lines.recv_timeout(remaining) {
                 Ok(line) if line.trim() == "READY" => return Ok(server),
-                Ok(_) => continue,
+                Ok(line) => server.banner.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     server.stop(Duration::from_secs(2));
                     return Err(format!(
@@ -285,6 +295,40 @@ impl ServerProc {
                 }
             }
         }
+    }
+
+    /// Send one line to its stdin.
+    pub fn send_line(&mut self, line: &str) -> Res<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().ok_or_else(|| format!("{} is stopped", self.label))?;
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("{}: write to stdin: {e}", self.label))
+    }
+
+    /// The next line it prints on stdout, waiting at most `timeout`.
+    pub fn recv_line(&mut self, timeout: Duration) -> Res<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("{} did not answer within {timeout:?}", self.label)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(format!(
+                "{} exited; its log ({}):\n{}",
+                self.label,
+                self.log.display(),
+                log_tail(&self.log, 20)
+            )),
+        }
+    }
+
+    /// Close its stdin and return the lines it prints until it exits (at most `timeout`).
+    pub fn finish(&mut self, timeout: Duration) -> Vec<String> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            out.push(line);
+        }
+        out
     }
 
     /// The child's pid.

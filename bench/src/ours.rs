@@ -1,5 +1,5 @@
-//! Our implementation: `oslo_messaging::get_transport("rabbit://...")` with the project's
-//! `RpcServer` / `RpcClient` on the rabbit driver.
+//! Our implementation: `oslo_messaging::get_transport(url)` with the project's `RpcServer` /
+//! `RpcClient` / `Notifier` / `NotificationListener`, on whichever driver the URL names.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,10 +14,8 @@ use serde_json::{json, Value};
 
 use crate::common::{stdin_eof, Measurement, Res};
 
-/// `serve-ours TOPIC NAME`: an RPC server with `echo(value)`, `incr()`, `counter()`; runs until
-/// stdin closes.
-pub async fn serve(url: &str, topic: &str, name: &str) -> Res<()> {
-    let transport = get_transport(url).map_err(|e| format!("get_transport({url}): {e}"))?;
+/// An RPC server on `transport` with `echo(value)`, `incr(value?)`, `counter()`.
+pub async fn start_server(transport: &Transport, topic: &str, name: &str) -> Res<RpcServer> {
     let count = Arc::new(AtomicU64::new(0));
     let (incr, read) = (count.clone(), count);
     let endpoint = Endpoint::new()
@@ -35,66 +33,82 @@ pub async fn serve(url: &str, topic: &str, name: &str) -> Res<()> {
             let read = read.clone();
             async move { Ok::<_, HandlerError>(read.load(Ordering::Relaxed)) }
         });
-    let server = RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
+    RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
         .endpoint(endpoint)
         .start()
         .await
-        .map_err(|e| format!("RpcServer::start: {e}"))?;
-    println!("READY");
-    let _ = stdin_eof().await;
-    if tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.is_err() {
-        eprintln!("ours server: shutdown did not finish within 15 s");
+        .map_err(|e| format!("RpcServer::start: {e}"))
+}
+
+/// Stop servers, then release their transport, each step bounded.
+pub async fn stop_servers(servers: &[RpcServer], transport: &Transport) {
+    for server in servers {
+        if tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.is_err() {
+            eprintln!("ours server: shutdown did not finish within 15 s");
+        }
     }
     if tokio::time::timeout(Duration::from_secs(10), transport.cleanup()).await.is_err() {
         eprintln!("ours server: transport cleanup did not finish within 10 s");
     }
+}
+
+/// `serve-ours TOPIC NAME`: one RPC server (see [`start_server`]); runs until stdin closes.
+pub async fn serve(url: &str, topic: &str, name: &str) -> Res<()> {
+    let transport = get_transport(url).map_err(|e| format!("get_transport({url}): {e}"))?;
+    let server = start_server(&transport, topic, name).await?;
+    println!("READY");
+    let _ = stdin_eof().await;
+    stop_servers(&[server], &transport).await;
     println!("STOPPED");
     Ok(())
 }
 
-/// Our RPC client. Cheap to clone.
+/// Our RPC client, on any driver. Cheap to clone.
 #[derive(Clone)]
 pub struct OursClient {
     transport: Transport,
-    /// The same driver as `transport`'s, kept typed to learn its reply queue's name.
-    driver: Arc<RabbitDriver>,
+    /// With the rabbit driver: the same driver as `transport`'s, kept typed to learn its reply
+    /// queue's name (oslo leaves reply queues to expire after 30 min; the runner deletes it).
+    rabbit: Option<Arc<RabbitDriver>>,
     client: RpcClient,
     fanout: RpcClient,
     ctxt: Arc<JsonMap>,
-    echo_args: Arc<Value>,
 }
 
 impl OursClient {
-    /// A client for `topic` with call timeout `timeout`.
-    ///
-    /// Built as `get_transport` builds it (`RabbitDriver::new` with the default config), but
-    /// keeping a typed handle on the driver, so the runner can delete the reply queue at the
-    /// end (oslo leaves reply queues to expire after 30 min).
-    pub fn new(url: &str, topic: &str, payload_len: usize, timeout: Duration) -> Res<OursClient> {
-        let parsed = TransportUrl::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
-        let config = TransportConfig::default();
-        let driver = Arc::new(RabbitDriver::new(&parsed, &config).map_err(|e| format!("RabbitDriver::new({url}): {e}"))?);
-        let transport = Transport::from_driver(driver.clone() as Arc<dyn Driver>, parsed, config);
+    /// A client for `topic` with call timeout `timeout`, through `get_transport(url)` (for
+    /// `rabbit://`, built as `get_transport` builds it but keeping a typed driver handle).
+    pub fn new(url: &str, topic: &str, timeout: Duration) -> Res<OursClient> {
+        let (transport, rabbit) = if url.starts_with("rabbit://") {
+            let parsed = TransportUrl::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+            let config = TransportConfig::default();
+            let driver = Arc::new(RabbitDriver::new(&parsed, &config).map_err(|e| format!("RabbitDriver::new({url}): {e}"))?);
+            (
+                Transport::from_driver(driver.clone() as Arc<dyn Driver>, parsed, config),
+                Some(driver),
+            )
+        } else {
+            (get_transport(url).map_err(|e| format!("get_transport({url}): {e}"))?, None)
+        };
         let client = RpcClient::new(transport.clone(), Target::new(topic)).timeout(timeout);
         let fanout = client.prepare().fanout(true);
         Ok(OursClient {
             transport,
-            driver,
+            rabbit,
             client,
             fanout,
             ctxt: Arc::new(JsonMap::new()),
-            echo_args: Arc::new(json!({ "value": "x".repeat(payload_len) })),
         })
     }
 
-    /// One `echo` call of the benchmark payload.
-    pub async fn echo(&self) -> Res<()> {
+    /// One `echo` call; `args` is `{"value": <payload string>}`.
+    pub async fn echo(&self, args: &Value) -> Res<()> {
         let result = self
             .client
-            .call(&self.ctxt, "echo", &*self.echo_args)
+            .call(&self.ctxt, "echo", args)
             .await
             .map_err(|e| format!("echo call: {e}"))?;
-        if result != self.echo_args["value"] {
+        if result != args["value"] {
             return Err("echo returned a different value".into());
         }
         Ok(())
@@ -112,25 +126,15 @@ impl OursClient {
         value.as_u64().ok_or_else(|| format!("bad counter reply {value}"))
     }
 
-    /// A cast of `incr()` to the topic.
-    pub async fn cast_incr(&self) -> Res<()> {
-        self.client
-            .cast(&self.ctxt, "incr", json!({}))
-            .await
-            .map_err(|e| format!("cast: {e}"))
-    }
-
-    /// A fanout cast of `incr()`.
-    pub async fn fanout_incr(&self) -> Res<()> {
-        self.fanout
-            .cast(&self.ctxt, "incr", json!({}))
-            .await
-            .map_err(|e| format!("fanout cast: {e}"))
+    /// A cast of `incr(value)` to the topic (or a fanout cast).
+    pub async fn cast(&self, fanout: bool, args: &Value) -> Res<()> {
+        let client = if fanout { &self.fanout } else { &self.client };
+        client.cast(&self.ctxt, "incr", args).await.map_err(|e| format!("cast: {e}"))
     }
 
     /// Release the transport; returns the reply queue's name (left behind, as oslo does).
     pub async fn close(&self) -> Option<String> {
-        let reply_queue = self.driver.reply_queue_name().map(str::to_string);
+        let reply_queue = self.rabbit.as_ref().and_then(|d| d.reply_queue_name().map(str::to_string));
         if tokio::time::timeout(Duration::from_secs(10), self.transport.cleanup())
             .await
             .is_err()

@@ -197,7 +197,6 @@ struct Inner {
     /// Server name -> its queue (counter polls).
     server_queues: HashMap<String, String>,
     fanout_exchange: String,
-    echo_body: Vec<u8>,
     timeout: Duration,
     oslo_props: bool,
 }
@@ -218,7 +217,6 @@ impl RawClient {
         queue: &str,
         server_queues: HashMap<String, String>,
         fanout_exchange: &str,
-        payload_len: usize,
         timeout: Duration,
         oslo_props: bool,
     ) -> Res<RawClient> {
@@ -270,8 +268,6 @@ impl RawClient {
                 ack_now(&acker);
             }
         });
-        let value = "x".repeat(payload_len);
-        let echo_body = format!("{{\"method\": \"echo\", \"args\": {{\"value\": \"{value}\"}}}}").into_bytes();
         Ok(RawClient {
             inner: Arc::new(Inner {
                 conn,
@@ -283,7 +279,6 @@ impl RawClient {
                 queue: queue.to_string(),
                 server_queues,
                 fanout_exchange: fanout_exchange.to_string(),
-                echo_body,
                 timeout,
                 oslo_props,
             }),
@@ -337,11 +332,11 @@ impl RawClient {
         }
     }
 
-    /// One echo request/reply of the benchmark payload.
-    pub async fn echo(&self) -> Res<()> {
+    /// One echo request/reply of `body`.
+    pub async fn echo(&self, body: &[u8]) -> Res<()> {
         let kind = if self.confirm_calls { "echo_c" } else { "echo" };
-        let reply = self.request(&self.inner.queue, kind, &self.inner.echo_body).await?;
-        if reply.len() != self.inner.echo_body.len() {
+        let reply = self.request(&self.inner.queue, kind, body).await?;
+        if reply.len() != body.len() {
             return Err("echo returned a different body".into());
         }
         Ok(())
@@ -360,18 +355,12 @@ impl RawClient {
             .map_err(|e| format!("bad counter reply: {e}"))
     }
 
-    async fn publish_confirmed(&self, exchange: &str, routing_key: &str) -> Res<()> {
+    async fn publish_confirmed(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Res<()> {
         let props = oslo_properties(self.inner.oslo_props, None).with_type("incr".into());
         let confirm = self
             .inner
             .confirm_ch
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                b"{\"method\": \"incr\", \"args\": {}}",
-                props,
-            )
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
             .await
             .map_err(err("publish cast"))?;
         let confirmation = confirm.await.map_err(err("cast confirm"))?;
@@ -382,13 +371,13 @@ impl RawClient {
     }
 
     /// A cast of `incr` to server `a`'s queue, returning once the broker confirmed it.
-    pub async fn cast_incr(&self) -> Res<()> {
-        self.publish_confirmed("", &self.inner.queue).await
+    pub async fn cast_incr(&self, body: &[u8]) -> Res<()> {
+        self.publish_confirmed("", &self.inner.queue, body).await
     }
 
     /// A cast of `incr` to the fanout exchange, returning once the broker confirmed it.
-    pub async fn fanout_incr(&self) -> Res<()> {
-        self.publish_confirmed(&self.inner.fanout_exchange, "").await
+    pub async fn fanout_incr(&self, body: &[u8]) -> Res<()> {
+        self.publish_confirmed(&self.inner.fanout_exchange, "", body).await
     }
 
     /// Close the connection (the reply queue is exclusive: the broker deletes it).

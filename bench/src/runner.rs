@@ -1,31 +1,44 @@
-//! `oslo-bench run`: the side-by-side comparison.
+//! `oslo-bench run`: every driver, side by side with its raw transport crate (and, on RabbitMQ,
+//! Python oslo.messaging), in one run on one machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::ExchangeKind;
 
 use crate::common::{
-    cpu_snap, cpu_use, err, fmt_ms, fmt_rate, log_tail, median, pids_by_comm, run_bounded, vmhwm_kb, Measurement, Res, ServerProc,
+    cpu_snap, cpu_use, err, fmt_ms, fmt_rate, log_tail, pids_by_comm, run_bounded, vmhwm_kb, Measurement, Res, ServerProc,
 };
-#[cfg(feature = "ours")]
-use crate::ours::OursClient;
-use crate::raw::{self, RawClient};
+use crate::raw;
+use crate::report;
+use crate::worker::{Cmd, Reply};
 
 /// Options of `run`.
 #[derive(Debug, Clone)]
 pub struct Opts {
+    /// Drivers to run, in order (`rabbit`, `amqp1`, `zmq`, `fake`).
+    pub drivers: Vec<Driver>,
+    /// Our rabbit driver's URL.
     pub url: String,
+    /// Raw lapin's URL.
     pub amqp_url: String,
+    /// Our amqp1 driver's URL, also the raw fe2o3-amqp baseline's.
+    pub amqp1_url: String,
+    /// Our zmq driver's URL.
+    pub zmq_url: String,
+    /// Our fake driver's URL (the run id is appended to the bus name).
+    pub fake_url: String,
     pub reps: usize,
     pub n: usize,
     pub warmup: usize,
-    pub inflight: usize,
+    /// Calls in flight for scenario b, one measurement each.
+    pub inflight: Vec<usize>,
     pub inflight_warmup: f64,
     pub duration: f64,
     pub casts: u64,
@@ -36,8 +49,12 @@ pub struct Opts {
     pub py_notifications: u64,
     pub cast_window: usize,
     pub wide_window: usize,
+    /// At most this many Python client threads in scenario b (one per call in flight).
     pub py_threads: usize,
-    pub payload: usize,
+    /// Payload sizes (length of the echo string), one set of measurements each.
+    pub payloads: Vec<usize>,
+    /// Counts (calls, casts, notifications) are divided by this for payloads above 4 KiB.
+    pub big_divisor: u64,
     pub poll_ms: f64,
     pub timeout: f64,
     pub quiet_wait: f64,
@@ -46,6 +63,8 @@ pub struct Opts {
     pub no_ours: bool,
     pub no_refs: bool,
     pub raw_oslo_props: bool,
+    /// Exit non-zero when a measurement failed or an implementation was skipped (for CI).
+    pub strict: bool,
     /// Scenarios to run, by letter (`abcde`).
     pub only: String,
     pub python: Option<PathBuf>,
@@ -56,24 +75,29 @@ pub struct Opts {
 impl Default for Opts {
     fn default() -> Self {
         Opts {
+            drivers: vec![Driver::Rabbit, Driver::Amqp1, Driver::Zmq, Driver::Fake],
             url: "rabbit://guest:guest@127.0.0.1:5672/".into(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            reps: 3,
-            n: 2000,
-            warmup: 200,
-            inflight: 64,
-            inflight_warmup: 1.0,
-            duration: 5.0,
-            casts: 20_000,
-            fanout_casts: 10_000,
-            py_casts: 3000,
-            py_fanout_casts: 2000,
-            notifications: 10_000,
-            py_notifications: 2000,
+            amqp1_url: "amqp://guest:guest@127.0.0.1:5672/".into(),
+            zmq_url: "zmq+redis://127.0.0.1:6379".into(),
+            fake_url: "fake://obench".into(),
+            reps: 2,
+            n: 1000,
+            warmup: 100,
+            inflight: vec![1, 16, 64],
+            inflight_warmup: 0.5,
+            duration: 2.0,
+            casts: 10_000,
+            fanout_casts: 5000,
+            py_casts: 1000,
+            py_fanout_casts: 1000,
+            notifications: 5000,
+            py_notifications: 1000,
             cast_window: 64,
             wide_window: 1000,
-            py_threads: 16,
-            payload: 100,
+            py_threads: 64,
+            payloads: vec![100, 65536],
+            big_divisor: 4,
             poll_ms: 2.0,
             timeout: 10.0,
             quiet_wait: 0.0,
@@ -82,6 +106,7 @@ impl Default for Opts {
             no_ours: false,
             no_refs: false,
             raw_oslo_props: false,
+            strict: false,
             only: "abcde".into(),
             python: None,
             out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md")),
@@ -90,8 +115,50 @@ impl Default for Opts {
     }
 }
 
+/// A driver of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Scenario {
+pub enum Driver {
+    Rabbit,
+    Amqp1,
+    Zmq,
+    Fake,
+}
+
+impl Driver {
+    /// Parse a `--drivers` entry.
+    pub fn parse(s: &str) -> Res<Driver> {
+        match s.trim() {
+            "rabbit" => Ok(Driver::Rabbit),
+            "amqp1" => Ok(Driver::Amqp1),
+            "zmq" => Ok(Driver::Zmq),
+            "fake" => Ok(Driver::Fake),
+            other => Err(format!("unknown driver {other:?} (rabbit, amqp1, zmq, fake)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Rabbit => "rabbit",
+            Driver::Amqp1 => "amqp1",
+            Driver::Zmq => "zmq",
+            Driver::Fake => "fake",
+        }
+    }
+
+    /// The raw transport crate's column title.
+    pub fn raw_label(self) -> &'static str {
+        match self {
+            Driver::Rabbit => "raw lapin",
+            Driver::Amqp1 => "raw fe2o3-amqp",
+            Driver::Zmq => "raw zeromq",
+            Driver::Fake => "raw (none)",
+        }
+    }
+}
+
+/// The scenarios, by letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
     Seq,
     Inflight,
     Cast,
@@ -100,7 +167,15 @@ enum Scenario {
 }
 
 impl Scenario {
-    fn label(self) -> &'static str {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Seq,
+        Scenario::Inflight,
+        Scenario::Cast,
+        Scenario::Fanout,
+        Scenario::Notify,
+    ];
+
+    pub fn label(self) -> &'static str {
         match self {
             Scenario::Seq => "a) sequential call",
             Scenario::Inflight => "b) calls in flight",
@@ -109,255 +184,90 @@ impl Scenario {
             Scenario::Notify => "e) notifications",
         }
     }
+
+    fn letter(self) -> char {
+        self.label().chars().next().unwrap_or('?')
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Scenario::Seq => "seq",
+            Scenario::Inflight => "inflight",
+            Scenario::Cast => "cast",
+            Scenario::Fanout => "fanout",
+            Scenario::Notify => "notify",
+        }
+    }
 }
 
+/// An implementation measured within a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Impl {
+pub enum Impl {
     Ours,
     Raw,
     /// Raw lapin with every publish confirmed (requests and replies), as oslo publishes.
     RawConfirm,
-    /// Raw lapin casts with `wide_window` confirms outstanding (the floor's shape).
+    /// Raw lapin casts with `wide_window` confirms outstanding.
     RawWide,
     Python,
 }
 
 impl Impl {
-    fn label(self) -> &'static str {
+    pub fn label(self, driver: Driver) -> String {
         match self {
-            Impl::Ours => "ours",
-            Impl::Raw => "raw lapin",
-            Impl::RawConfirm => "raw lapin, every publish confirmed",
-            Impl::RawWide => "raw lapin, wide confirm window",
-            Impl::Python => "python",
+            Impl::Ours => "ours".into(),
+            Impl::Raw => driver.raw_label().into(),
+            Impl::RawConfirm => "raw lapin, every publish confirmed".into(),
+            Impl::RawWide => "raw lapin, wide confirm window".into(),
+            Impl::Python => "Python oslo.messaging".into(),
         }
     }
 }
 
-/// A Rust-side client (ours or raw lapin): the scenarios below drive both the same way.
-#[derive(Clone)]
-enum Client {
-    #[cfg(feature = "ours")]
-    Ours(Arc<OursClient>),
-    Raw(RawClient),
+/// Key of one measured cell: driver, scenario, payload, calls in flight (b only, else 0), impl.
+pub type Key = (Driver, Scenario, usize, usize, Impl);
+
+/// One participant of a driver's run: its servers and its client process.
+struct Participant {
+    kind: Impl,
+    servers: Vec<ServerProc>,
+    /// `None` for Python (one client process per measurement).
+    worker: Option<ServerProc>,
+    /// Set once it failed for good (later measurements are skipped).
+    dead: Option<String>,
+    worker_peak_kb: Option<u64>,
 }
 
-impl Client {
-    async fn echo(&self) -> Res<()> {
-        match self {
-            #[cfg(feature = "ours")]
-            Client::Ours(c) => c.echo().await,
-            Client::Raw(c) => c.echo().await,
-        }
-    }
-    async fn cast(&self, fanout: bool) -> Res<()> {
-        match (self, fanout) {
-            #[cfg(feature = "ours")]
-            (Client::Ours(c), false) => c.cast_incr().await,
-            #[cfg(feature = "ours")]
-            (Client::Ours(c), true) => c.fanout_incr().await,
-            (Client::Raw(c), false) => c.cast_incr().await,
-            (Client::Raw(c), true) => c.fanout_incr().await,
-        }
-    }
-    async fn counter(&self, server: &str) -> Res<u64> {
-        match self {
-            #[cfg(feature = "ours")]
-            Client::Ours(c) => c.counter(server).await,
-            Client::Raw(c) => c.counter(server).await,
-        }
-    }
+/// What one driver's run left for the report.
+#[derive(Debug, Clone, Default)]
+pub struct DriverInfo {
+    /// Implementations that could not take part, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Peak RSS in KiB by (implementation label, "client" / "server a" / "server b").
+    pub rss: BTreeMap<(String, String), Option<u64>>,
+    /// Notes (e.g. servers run in the client process).
+    pub notes: Vec<String>,
+    pub ran: bool,
 }
 
-async fn rust_seq(c: &Client, n: usize, warmup: usize) -> Res<Measurement> {
-    for _ in 0..warmup {
-        c.echo().await?;
-    }
-    let mut lat = Vec::with_capacity(n);
-    let start = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        c.echo().await?;
-        lat.push(t.elapsed().as_secs_f64());
-    }
-    let secs = start.elapsed().as_secs_f64();
-    Ok(Measurement {
-        per_s: Some(n as f64 / secs),
-        ops: Some((n + warmup) as u64),
-        ..Default::default()
-    }
-    .with_latencies(&mut lat))
-}
-
-async fn rust_inflight(c: &Client, conc: usize, warmup: Duration, dur: Duration, call_timeout: Duration) -> Res<Measurement> {
-    let t0 = Instant::now() + warmup;
-    let t1 = t0 + dur;
-    let mut tasks = JoinSet::new();
-    for _ in 0..conc {
-        let c = c.clone();
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            let mut done = 0u64;
-            let mut errors = 0u64;
-            let mut last_error = None;
-            while Instant::now() < t1 {
-                let t = Instant::now();
-                match c.echo().await {
-                    Ok(()) => {
-                        done += 1;
-                        let end = Instant::now();
-                        if end >= t0 && end < t1 {
-                            lat.push((end - t).as_secs_f64());
-                        }
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        last_error = Some(e);
-                        if errors >= 20 {
-                            break;
-                        }
-                    }
-                }
-            }
-            (lat, done, errors, last_error)
-        });
-    }
-    let mut all = Vec::new();
-    let mut ops = 0;
-    let mut errors = 0;
-    let mut last_error = None;
-    let bound = warmup + dur + call_timeout + Duration::from_secs(10);
-    let collected = tokio::time::timeout(bound, async {
-        while let Some(joined) = tasks.join_next().await {
-            let (lat, done, e, last) = joined.map_err(err("in-flight task"))?;
-            all.extend(lat);
-            ops += done;
-            errors += e;
-            if last.is_some() {
-                last_error = last;
-            }
-        }
-        Ok::<_, String>(())
-    })
-    .await;
-    match collected {
-        Err(_) => return Err(format!("in-flight tasks did not finish within {bound:?}")),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(())) => {}
-    }
-    if all.is_empty() {
-        return Err(format!("no call completed; last error: {last_error:?}"));
-    }
-    let mut note = format!("{conc} in flight");
-    if errors > 0 {
-        let _ = write!(note, "; {errors} errors, last: {}", last_error.unwrap_or_default());
-    }
-    Ok(Measurement {
-        per_s: Some(all.len() as f64 / dur.as_secs_f64()),
-        ops: Some(ops),
-        note,
-        ..Default::default()
-    }
-    .with_latencies(&mut all))
-}
-
-async fn rust_casts(
-    c: &Client,
-    count: u64,
-    window: usize,
-    fanout: bool,
-    servers: &[&str],
-    poll: Duration,
-    bound: Duration,
-) -> Res<Measurement> {
-    let mut before = Vec::new();
-    for s in servers {
-        before.push(c.counter(s).await?);
-    }
-    let tickets = Arc::new(AtomicU64::new(count));
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..window {
-        let c = c.clone();
-        let tickets = tickets.clone();
-        tasks.spawn(async move {
-            while tickets
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                c.cast(fanout).await?;
-            }
-            Ok::<_, String>(())
-        });
-    }
-    let sending = tokio::time::timeout(bound, async {
-        while let Some(joined) = tasks.join_next().await {
-            joined.map_err(err("cast task"))??;
-        }
-        Ok::<_, String>(())
-    })
-    .await;
-    match sending {
-        Err(_) => return Err(format!("casts not all sent within {bound:?}")),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(())) => {}
-    }
-    let sent = start.elapsed().as_secs_f64();
-    let mut processed = vec![0u64; servers.len()];
-    loop {
-        let mut done = true;
-        for (i, s) in servers.iter().enumerate() {
-            processed[i] = c.counter(s).await?.saturating_sub(before[i]);
-            if processed[i] < count {
-                done = false;
-            }
-        }
-        if done {
-            break;
-        }
-        if start.elapsed() > bound {
-            return Err(format!("servers processed only {processed:?} of {count} within {bound:?}"));
-        }
-        tokio::time::sleep(poll).await;
-    }
-    let total = start.elapsed().as_secs_f64();
-    Ok(Measurement {
-        per_s: Some(count as f64 / total),
-        send_per_s: Some(count as f64 / sent),
-        ops: Some(count),
-        note: format!("{count} casts, {window} concurrent; processed {processed:?}"),
-        ..Default::default()
-    })
-}
-
-struct Names {
-    ours_topic: String,
-    py_topic: String,
-    raw_queue_a: String,
-    raw_queue_b: String,
-    raw_fanout: String,
-    ours_notify_topic: String,
-    py_notify_topic: String,
-}
-
-struct Runner {
-    opts: Opts,
-    run_id: String,
-    names: Names,
+pub struct Runner {
+    pub opts: Opts,
+    pub run_id: String,
     logdir: PathBuf,
     python: Option<PathBuf>,
     script: PathBuf,
-    servers: Vec<ServerProc>,
+    /// The broker of the driver being measured (RabbitMQ, or Redis for zmq's matchmaker).
     broker_pids: Vec<u32>,
-    results: BTreeMap<(Scenario, Impl), Vec<Measurement>>,
-    py_reply_queues: Vec<String>,
-    /// Other queues to delete at the end (our client's reply queue).
-    extra_queues: Vec<String>,
-    py_client_peak_kb: Option<u64>,
-    py_version: Option<String>,
-    peak_rss: BTreeMap<String, Option<u64>>,
-    notes: Vec<String>,
+    pub results: BTreeMap<Key, Vec<Measurement>>,
+    pub drivers: BTreeMap<Driver, DriverInfo>,
+    /// Queues and exchanges to delete at the end.
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+    pub py_client_peak_kb: Option<u64>,
+    pub py_version: Option<String>,
+    pub notes: Vec<String>,
     ours_enabled: bool,
+    progress: MultiProgress,
 }
 
 /// Where the interop virtualenv's python is expected.
@@ -375,86 +285,121 @@ pub async fn run(opts: Opts) -> Res<()> {
     let run_id = format!("obench-{}-{:06x}", std::process::id(), nanos & 0xff_ffff);
     let logdir = std::env::temp_dir().join(&run_id);
     std::fs::create_dir_all(&logdir).map_err(err("create log dir"))?;
-    let python = if opts.no_python {
+    let mut notes = Vec::new();
+    let python = if opts.no_python || !opts.drivers.contains(&Driver::Rabbit) {
         None
     } else {
         let py = opts.python.clone().unwrap_or_else(default_python);
-        if !py.exists() {
-            return Err(format!(
-                "the Python side needs the interop virtualenv, but {} does not exist.\n\
-                 Create it with `bash interop/setup-venv.sh` (from the workspace root), pass --python PATH, \
-                 or skip Python with --no-python.",
+        if py.exists() {
+            Some(py)
+        } else {
+            notes.push(format!(
+                "Python oslo.messaging skipped: {} does not exist (create it with `bash interop/setup-venv.sh`, or pass --python PATH)",
                 py.display()
             ));
+            None
         }
-        Some(py)
     };
     let ours_enabled = cfg!(feature = "ours") && !opts.no_ours;
-    let names = Names {
-        ours_topic: format!("{run_id}-ours"),
-        py_topic: format!("{run_id}-py"),
-        raw_queue_a: format!("{run_id}-raw.a"),
-        raw_queue_b: format!("{run_id}-raw.b"),
-        raw_fanout: format!("{run_id}-raw_fanout"),
-        ours_notify_topic: format!("{run_id}-ours-notify"),
-        py_notify_topic: format!("{run_id}-py-notify"),
-    };
     let mut runner = Runner {
         opts,
         run_id,
-        names,
         logdir,
         python,
         script: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/py_bench.py")),
-        servers: Vec::new(),
-        broker_pids: pids_by_comm("beam.smp"),
+        broker_pids: Vec::new(),
         results: BTreeMap::new(),
-        py_reply_queues: Vec::new(),
-        extra_queues: Vec::new(),
+        drivers: BTreeMap::new(),
+        queues: Vec::new(),
+        exchanges: Vec::new(),
         py_client_peak_kb: None,
         py_version: None,
-        peak_rss: BTreeMap::new(),
-        notes: Vec::new(),
+        notes,
         ours_enabled,
+        progress: MultiProgress::new(),
     };
-    eprintln!(
-        "oslo-bench: run {} (logs in {}); ours={} python={}",
+    runner.log(&format!(
+        "oslo-bench: run {} (logs in {}); drivers {:?}; ours={} python={}",
         runner.run_id,
         runner.logdir.display(),
+        runner.opts.drivers.iter().map(|d| d.name()).collect::<Vec<_>>(),
         runner.ours_enabled,
         runner.python.is_some()
-    );
+    ));
     runner.exe()?;
-    let outcome = runner.run_all().await;
-    // Always: stop servers, clean the broker, then report what we have.
-    runner.stop_servers();
+    let drivers = runner.opts.drivers.clone();
+    let overall = runner.progress.add(ProgressBar::new(drivers.len() as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} drivers, {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    overall.set_prefix("suite");
+    let mut interrupted = false;
+    for driver in drivers {
+        overall.set_message(driver.name());
+        // Ctrl-C ends the run early but still stops every process and cleans the broker: the
+        // driver's participants are dropped with its future (ServerProc's Drop stops them).
+        tokio::select! {
+            _ = runner.run_driver(driver) => {}
+            _ = tokio::signal::ctrl_c() => interrupted = true,
+        }
+        if interrupted {
+            runner
+                .notes
+                .push(format!("interrupted (Ctrl-C) during driver {}: partial results", driver.name()));
+            break;
+        }
+        overall.inc(1);
+    }
+    overall.finish_and_clear();
     runner.cleanup_broker().await;
     let _ = std::fs::remove_file(runner.logdir.join("oslo-bench"));
-    if let Err(e) = outcome {
-        runner.notes.push(format!("run aborted: {e}"));
-        println!("{}", runner.report(started.elapsed()));
-        return Err(format!(
-            "{e}\n(partial results above; not written to {})",
-            runner.opts.out.display()
-        ));
-    }
-    let report = runner.report(started.elapsed());
+    let elapsed = started.elapsed();
+    let report = report::markdown(&runner, elapsed);
     println!("{report}");
     if let Some(dir) = runner.opts.out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(&runner.opts.out, &report).map_err(err("write the report"))?;
-    // Logs are only kept when something went wrong.
+    let svg_path = runner.opts.out.with_extension("svg");
+    match report::svg(&runner, &svg_path) {
+        Ok(()) => runner.log(&format!("oslo-bench: wrote {}", svg_path.display())),
+        Err(e) => runner.log(&format!("oslo-bench: chart not written: {e}")),
+    }
     if runner.notes.iter().all(|n| !n.contains("killed") && !n.contains("failure")) {
         let _ = std::fs::remove_dir_all(&runner.logdir);
     }
-    eprintln!("oslo-bench: wrote {}", runner.opts.out.display());
+    runner.log(&format!(
+        "oslo-bench: wrote {} in {:.0} s",
+        runner.opts.out.display(),
+        elapsed.as_secs_f64()
+    ));
+    if runner.opts.strict {
+        let failed = runner.results.values().flatten().filter(|m| m.error.is_some()).count();
+        let skipped: Vec<String> = runner
+            .drivers
+            .iter()
+            .flat_map(|(d, i)| i.skipped.iter().map(move |(who, why)| format!("{} {who}: {why}", d.name())))
+            .collect();
+        if failed > 0 || !skipped.is_empty() || interrupted {
+            return Err(format!("--strict: {failed} measurement(s) failed; skipped: {skipped:?}"));
+        }
+    }
     Ok(())
 }
 
 impl Runner {
-    /// The binary the servers run: a private copy made at start, so that a rebuild of
-    /// `target/release/oslo-bench` during the run (other engineers build too) cannot break it.
+    fn log(&self, line: &str) {
+        if self.progress.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.progress.println(line);
+        }
+    }
+
+    /// The binary the servers and clients run: a private copy made at start, so that a rebuild
+    /// of `target/release/oslo-bench` during the run cannot break it.
     fn exe(&self) -> Res<PathBuf> {
         let copy = self.logdir.join("oslo-bench");
         if !copy.exists() {
@@ -464,321 +409,566 @@ impl Runner {
         Ok(copy)
     }
 
-    fn start_server(&mut self, label: &str, cmd: Command, ready: Duration) -> Res<()> {
-        eprintln!("oslo-bench: starting {label}");
+    fn spawn(&self, label: &str, cmd: Command, ready: Duration) -> Res<ServerProc> {
         let log = self.logdir.join(format!("{label}.log"));
-        let server = ServerProc::start(label, cmd, log, ready)?;
-        self.servers.push(server);
-        Ok(())
+        ServerProc::start(label, cmd, log, ready)
     }
 
-    fn start_servers(&mut self, name: &str) -> Res<()> {
+    fn name(&self, driver: Driver, what: &str) -> String {
+        format!("{}-{}-{what}", self.run_id, driver.name())
+    }
+
+    /// The URL our implementation uses for `driver`.
+    fn ours_url(&self, driver: Driver) -> String {
+        match driver {
+            Driver::Rabbit => self.opts.url.clone(),
+            Driver::Amqp1 => self.opts.amqp1_url.clone(),
+            Driver::Zmq => self.opts.zmq_url.clone(),
+            Driver::Fake => format!("{}-{}", self.opts.fake_url.trim_end_matches('/'), self.run_id),
+        }
+    }
+
+    /// Start our servers and client for `driver`.
+    fn start_ours(&mut self, driver: Driver) -> Res<Participant> {
+        #[cfg(feature = "ours")]
+        {
+            let url = self.ours_url(driver);
+            // Preflight in this process: a driver that is not built (yet) says why here.
+            let transport = oslo_messaging::get_transport(&url).map_err(|e| format!("get_transport({url}): {e}"))?;
+            drop(transport);
+        }
+        let url = self.ours_url(driver);
+        let topic = self.name(driver, "ours");
         let exe = self.exe()?;
-        let raw_queue = if name == "a" {
-            &self.names.raw_queue_a
-        } else {
-            &self.names.raw_queue_b
-        };
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "serve-raw",
-            raw_queue,
-            "--fanout-exchange",
-            &self.names.raw_fanout,
-            "--amqp-url",
-            &self.opts.amqp_url,
+        let mut servers = Vec::new();
+        let mut worker = Command::new(&exe);
+        worker.args([
+            "client",
+            "--kind",
+            "ours",
+            "--url",
+            &url,
+            "--topic",
+            &topic,
+            "--timeout",
+            &self.opts.timeout.to_string(),
         ]);
-        if self.opts.raw_oslo_props {
-            cmd.arg("--oslo-props");
-        }
-        self.start_server(&format!("raw-{name}"), cmd, Duration::from_secs(30))?;
-        if self.ours_enabled {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["serve-ours", &self.names.ours_topic, name, "--url", &self.opts.url]);
-            self.start_server(&format!("ours-{name}"), cmd, Duration::from_secs(30))?;
-        }
-        if let Some(py) = self.python.clone() {
-            let mut cmd = Command::new(py);
-            cmd.arg(&self.script)
-                .args(["serve", &self.names.py_topic, name, "--url", &self.opts.url]);
-            self.start_server(&format!("python-{name}"), cmd, Duration::from_secs(90))?;
-        }
-        Ok(())
-    }
-
-    fn check_servers(&mut self) -> Res<()> {
-        for s in &mut self.servers {
-            if !s.alive() {
-                return Err(format!(
-                    "server {} died; its log ({}):\n{}",
-                    s.label,
-                    s.log.display(),
-                    log_tail(&s.log, 20)
-                ));
+        if driver == Driver::Fake {
+            // The fake driver's bus lives in one process: the servers run in the client's.
+            worker.args(["--in-process-servers", "a,b"]);
+        } else {
+            for name in ["a", "b"] {
+                let mut cmd = Command::new(&exe);
+                cmd.args(["serve-ours", &topic, name, "--url", &url]);
+                servers.push(self.spawn(&format!("{}-ours-{name}", driver.name()), cmd, Duration::from_secs(30))?);
             }
         }
+        if driver == Driver::Rabbit {
+            self.queues.extend([topic.clone(), format!("{topic}.a"), format!("{topic}.b")]);
+            self.queues.push(format!("{}.info", self.name(driver, "ours-notify")));
+            self.exchanges.push(format!("{topic}_fanout"));
+        }
+        let worker = self.spawn(&format!("{}-ours-client", driver.name()), worker, Duration::from_secs(30))?;
+        Ok(Participant {
+            kind: Impl::Ours,
+            servers,
+            worker: Some(worker),
+            dead: None,
+            worker_peak_kb: None,
+        })
+    }
+
+    /// Declare the raw AMQP 1.0 baseline's topology over AMQP 0-9-1 (see raw_amqp1.rs).
+    async fn declare_amqp1_topology(&mut self, queues: &[String], reply: &str, fanout: &str) -> Res<()> {
+        let conn = raw::connect(&self.opts.amqp_url).await?;
+        let ch = conn.create_channel().await.map_err(err("create channel"))?;
+        self.exchanges.push(fanout.to_string());
+        for q in queues.iter().map(String::as_str).chain([reply]) {
+            self.queues.push(q.to_string());
+            ch.queue_declare(q.into(), QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .map_err(err("queue.declare"))?;
+        }
+        ch.exchange_declare(
+            fanout.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("exchange.declare"))?;
+        for q in queues {
+            ch.queue_bind(
+                q.as_str().into(),
+                fanout.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("queue.bind"))?;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
         Ok(())
     }
 
-    /// (pids of `kind`'s servers, pids of the other servers).
-    fn server_pids(&self, kind: Impl) -> (Vec<u32>, Vec<u32>) {
-        let prefix = match kind {
-            Impl::Ours => "ours-",
-            Impl::Raw | Impl::RawConfirm | Impl::RawWide => "raw-",
-            Impl::Python => "python-",
+    /// Start the raw transport's servers and client for `driver`.
+    async fn start_raw(&mut self, driver: Driver) -> Res<Participant> {
+        let exe = self.exe()?;
+        let d = driver.name();
+        let timeout = self.opts.timeout.to_string();
+        let mut servers = Vec::new();
+        let mut worker = Command::new(&exe);
+        worker.args(["client", "--timeout", &timeout]);
+        match driver {
+            Driver::Rabbit => {
+                let (qa, qb, fanout) = (
+                    self.name(driver, "raw.a"),
+                    self.name(driver, "raw.b"),
+                    self.name(driver, "raw_fanout"),
+                );
+                self.queues.extend([qa.clone(), qb.clone()]);
+                self.exchanges.push(fanout.clone());
+                for (name, q) in [("a", &qa), ("b", &qb)] {
+                    let mut cmd = Command::new(&exe);
+                    cmd.args(["serve-raw", q, "--fanout-exchange", &fanout, "--amqp-url", &self.opts.amqp_url]);
+                    if self.opts.raw_oslo_props {
+                        cmd.arg("--oslo-props");
+                    }
+                    servers.push(self.spawn(&format!("{d}-raw-{name}"), cmd, Duration::from_secs(30))?);
+                }
+                worker.args(["--kind", "raw-lapin", "--url", &self.opts.amqp_url, "--fanout", &fanout]);
+                worker.args(["--server", &format!("a={qa}"), "--server", &format!("b={qb}")]);
+                if self.opts.raw_oslo_props {
+                    worker.arg("--oslo-props");
+                }
+            }
+            Driver::Amqp1 => {
+                let (qa, qb) = (self.name(driver, "raw.a"), self.name(driver, "raw.b"));
+                let (reply, fanout) = (self.name(driver, "raw.reply"), self.name(driver, "raw_fanout"));
+                self.declare_amqp1_topology(&[qa.clone(), qb.clone()], &reply, &fanout).await?;
+                for (name, q) in [("a", &qa), ("b", &qb)] {
+                    let mut cmd = Command::new(&exe);
+                    cmd.args(["serve-raw-amqp1", q, "--url", &self.opts.amqp1_url]);
+                    servers.push(self.spawn(&format!("{d}-raw-{name}"), cmd, Duration::from_secs(30))?);
+                }
+                worker.args([
+                    "--kind",
+                    "raw-amqp1",
+                    "--url",
+                    &self.opts.amqp1_url,
+                    "--fanout",
+                    &fanout,
+                    "--reply-queue",
+                    &reply,
+                ]);
+                worker.args(["--server", &format!("a={qa}"), "--server", &format!("b={qb}")]);
+            }
+            Driver::Zmq => {
+                worker.args(["--kind", "raw-zmq"]);
+                for name in ["a", "b"] {
+                    let mut cmd = Command::new(&exe);
+                    cmd.arg("serve-raw-zmq");
+                    let server = self.spawn(&format!("{d}-raw-{name}"), cmd, Duration::from_secs(30))?;
+                    let endpoint = server
+                        .banner
+                        .iter()
+                        .find_map(|l| l.strip_prefix("ENDPOINT "))
+                        .ok_or("raw zmq server printed no ENDPOINT")?
+                        .to_string();
+                    worker.args(["--server", &format!("{name}={endpoint}")]);
+                    servers.push(server);
+                }
+            }
+            Driver::Fake => return Err("the fake driver has no raw transport".into()),
+        }
+        let worker = self.spawn(&format!("{d}-raw-client"), worker, Duration::from_secs(30))?;
+        Ok(Participant {
+            kind: Impl::Raw,
+            servers,
+            worker: Some(worker),
+            dead: None,
+            worker_peak_kb: None,
+        })
+    }
+
+    fn start_python(&mut self, driver: Driver) -> Res<Participant> {
+        let py = self.python.clone().ok_or("no python")?;
+        let topic = self.name(driver, "py");
+        self.queues.extend([topic.clone(), format!("{topic}.a"), format!("{topic}.b")]);
+        self.queues.push(format!("{}.info", self.name(driver, "py-notify")));
+        self.exchanges.push(format!("{topic}_fanout"));
+        let mut servers = Vec::new();
+        for name in ["a", "b"] {
+            let mut cmd = Command::new(&py);
+            cmd.arg(&self.script).args(["serve", &topic, name, "--url", &self.opts.url]);
+            servers.push(self.spawn(&format!("{}-python-{name}", driver.name()), cmd, Duration::from_secs(90))?);
+        }
+        Ok(Participant {
+            kind: Impl::Python,
+            servers,
+            worker: None,
+            dead: None,
+            worker_peak_kb: None,
+        })
+    }
+
+    /// Whether `kind` takes part in this cell.
+    fn applies(&self, driver: Driver, kind: Impl, sc: Scenario, payload: usize, k: usize) -> bool {
+        let smallest = self.opts.payloads.iter().copied().min().unwrap_or(payload);
+        let widest = self.opts.inflight.iter().copied().max().unwrap_or(k);
+        match kind {
+            Impl::Ours => true,
+            Impl::Python => true,
+            Impl::Raw => sc != Scenario::Notify,
+            Impl::RawConfirm => {
+                driver == Driver::Rabbit
+                    && !self.opts.no_refs
+                    && payload == smallest
+                    && (sc == Scenario::Seq || (sc == Scenario::Inflight && k == widest))
+            }
+            Impl::RawWide => driver == Driver::Rabbit && !self.opts.no_refs && payload == smallest && sc == Scenario::Cast,
+        }
+    }
+
+    /// The cells of one driver, in run order.
+    fn plan(&self) -> Vec<(Scenario, usize, usize)> {
+        let mut cells = Vec::new();
+        for sc in Scenario::ALL {
+            if !self.opts.only.contains(sc.letter()) {
+                continue;
+            }
+            for &payload in &self.opts.payloads {
+                if sc == Scenario::Inflight {
+                    for &k in &self.opts.inflight {
+                        cells.push((sc, payload, k));
+                    }
+                } else {
+                    cells.push((sc, payload, 0));
+                }
+            }
+        }
+        cells
+    }
+
+    async fn run_driver(&mut self, driver: Driver) {
+        let mut info = DriverInfo::default();
+        let mut participants: Vec<Participant> = Vec::new();
+        self.broker_pids = match driver {
+            Driver::Rabbit | Driver::Amqp1 => pids_by_comm("beam.smp"),
+            Driver::Zmq => pids_by_comm("redis-server"),
+            Driver::Fake => Vec::new(),
         };
-        let (mine, others): (Vec<&ServerProc>, Vec<&ServerProc>) = self.servers.iter().partition(|s| s.label.starts_with(prefix));
-        (mine.iter().map(|s| s.pid()).collect(), others.iter().map(|s| s.pid()).collect())
+        self.log(&format!("oslo-bench: driver {}: starting servers and clients", driver.name()));
+        if self.ours_enabled {
+            match self.start_ours(driver) {
+                Ok(p) => participants.push(p),
+                Err(e) => info.skipped.push(("ours".into(), first_line(&e))),
+            }
+        } else {
+            info.skipped
+                .push(("ours".into(), "disabled (--no-ours or built without the `ours` feature)".into()));
+        }
+        if driver != Driver::Fake {
+            match self.start_raw(driver).await {
+                Ok(p) => participants.push(p),
+                Err(e) => info.skipped.push((driver.raw_label().into(), first_line(&e))),
+            }
+        }
+        if driver == Driver::Rabbit && self.python.is_some() {
+            match self.start_python(driver) {
+                Ok(p) => participants.push(p),
+                Err(e) => info.skipped.push(("Python oslo.messaging".into(), first_line(&e))),
+            }
+        }
+        if driver == Driver::Fake {
+            info.notes.push(
+                "fake: in-memory bus, so our servers run inside the client process (its peak RSS covers both); no raw baseline".into(),
+            );
+        }
+        for (who, why) in &info.skipped {
+            self.log(&format!("oslo-bench: driver {}: {who} skipped: {why}", driver.name()));
+        }
+        if participants.is_empty() {
+            self.drivers.insert(driver, info);
+            return;
+        }
+        info.ran = true;
+        // Expand participants into measured implementations (the raw worker also serves the
+        // lapin reference variants).
+        let mut kinds: Vec<(Impl, usize)> = Vec::new();
+        for (i, p) in participants.iter().enumerate() {
+            kinds.push((p.kind, i));
+            if p.kind == Impl::Raw && driver == Driver::Rabbit {
+                kinds.push((Impl::RawConfirm, i));
+                kinds.push((Impl::RawWide, i));
+            }
+        }
+        let cells = self.plan();
+        let total: usize = cells
+            .iter()
+            .map(|&(sc, payload, k)| kinds.iter().filter(|(kind, _)| self.applies(driver, *kind, sc, payload, k)).count() * self.opts.reps)
+            .sum();
+        let bar = self.progress.add(ProgressBar::new(total as u64));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(driver.name());
+        for (sc, payload, k) in cells {
+            let cell_kinds: Vec<(Impl, usize)> = kinds
+                .iter()
+                .copied()
+                .filter(|(kind, _)| self.applies(driver, *kind, sc, payload, k))
+                .collect();
+            for rep in 0..self.opts.reps {
+                let mut order = cell_kinds.clone();
+                let len = order.len().max(1);
+                order.rotate_left(rep % len);
+                for (kind, i) in order {
+                    bar.set_message(format!(
+                        "{} | {} B{} | {} | rep {}",
+                        sc.label(),
+                        payload,
+                        if k > 0 { format!(" | {k} in flight") } else { String::new() },
+                        kind.label(driver),
+                        rep + 1
+                    ));
+                    let m = self.measure(driver, &mut participants, i, kind, sc, payload, k).await;
+                    self.log(&format!(
+                        "oslo-bench: {} | {} | {} B{} | {} | rep {} -> {}/s, median {} ms, p99 {} ms{}",
+                        driver.name(),
+                        sc.label(),
+                        payload,
+                        if k > 0 { format!(" | {k} in flight") } else { String::new() },
+                        kind.label(driver),
+                        rep + 1,
+                        fmt_rate(m.per_s),
+                        fmt_ms(m.median_ms),
+                        fmt_ms(m.p99_ms),
+                        m.error.as_deref().map(|e| format!(" ERROR: {}", first_line(e))).unwrap_or_default()
+                    ));
+                    self.results.entry((driver, sc, payload, k, kind)).or_default().push(m);
+                    bar.inc(1);
+                }
+            }
+        }
+        bar.finish_and_clear();
+        self.stop_participants(driver, &mut participants, &mut info);
+        self.drivers.insert(driver, info);
+    }
+
+    /// The counts of one cell (smaller for big payloads).
+    fn count(&self, base: u64, payload: usize) -> u64 {
+        if payload > 4096 {
+            (base / self.opts.big_divisor.max(1)).max(1)
+        } else {
+            base
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn measure(
+        &mut self,
+        driver: Driver,
+        participants: &mut [Participant],
+        i: usize,
+        kind: Impl,
+        sc: Scenario,
+        payload: usize,
+        k: usize,
+    ) -> Measurement {
+        // The client exchange below blocks this task (block_in_place), so yield here: the
+        // Ctrl-C branch of `run` gets polled between measurements.
+        tokio::task::yield_now().await;
+        if let Some(why) = &participants[i].dead {
+            return Measurement::failed(format!("not measured: {why}"));
+        }
+        for p in participants.iter_mut() {
+            for s in &mut p.servers {
+                if !s.alive() && p.dead.is_none() {
+                    p.dead = Some(format!("server {} died; log: {}", s.label, log_tail(&s.log, 5)));
+                }
+            }
+        }
+        if let Some(why) = &participants[i].dead {
+            return Measurement::failed(why.clone());
+        }
+        self.wait_quiet(participants).await;
+        let mine: Vec<u32> = participants[i].servers.iter().map(ServerProc::pid).collect();
+        let others: Vec<u32> = participants
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, p)| p.servers.iter().map(ServerProc::pid).chain(p.worker.as_ref().map(ServerProc::pid)))
+            .collect();
+        let client: Vec<u32> = participants[i].worker.as_ref().map(ServerProc::pid).into_iter().collect();
+        let before = cpu_snap(&client, &mine, &others, &self.broker_pids);
+        let mut m = if kind == Impl::Python {
+            self.python_measure(driver, sc, payload, k)
+                .await
+                .unwrap_or_else(Measurement::failed)
+        } else {
+            self.worker_measure(&mut participants[i], kind, sc, payload, k, driver).await
+        };
+        m.cpu = cpu_use(before, cpu_snap(&client, &mine, &others, &self.broker_pids));
+        if let (Some(cpu), Some(client)) = (m.cpu.as_mut(), m.client_cpu_s) {
+            cpu.client_s = client;
+        }
+        m.foreign_pct = m.cpu.map(|c| c.foreign_pct);
+        m
+    }
+
+    fn cmd(&self, driver: Driver, kind: Impl, sc: Scenario, payload: usize, k: usize) -> Cmd {
+        let o = &self.opts;
+        let (count, window) = match sc {
+            Scenario::Cast => (
+                self.count(o.casts, payload),
+                if kind == Impl::RawWide { o.wide_window } else { o.cast_window },
+            ),
+            Scenario::Fanout => (self.count(o.fanout_casts, payload), o.cast_window),
+            Scenario::Notify => (self.count(o.notifications, payload), o.cast_window),
+            _ => (0, 0),
+        };
+        Cmd {
+            scenario: sc.command().into(),
+            payload,
+            n: self.count(o.n as u64, payload) as usize,
+            warmup: self.count(o.warmup as u64, payload) as usize,
+            inflight: k,
+            warmup_s: o.inflight_warmup,
+            duration_s: o.duration,
+            count,
+            window,
+            confirm_calls: kind == Impl::RawConfirm,
+            notify_topic: self.name(driver, "ours-notify"),
+            poll_ms: o.poll_ms,
+            bound_s: 120.0,
+            timeout_s: o.timeout,
+        }
+    }
+
+    async fn worker_measure(&self, p: &mut Participant, kind: Impl, sc: Scenario, payload: usize, k: usize, driver: Driver) -> Measurement {
+        let cmd = self.cmd(driver, kind, sc, payload, k);
+        let bound = Duration::from_secs_f64(match sc {
+            Scenario::Seq => 60.0 + (cmd.n + cmd.warmup) as f64 * self.opts.timeout.min(0.05),
+            Scenario::Inflight => 30.0 + cmd.warmup_s + cmd.duration_s + cmd.timeout_s,
+            _ => cmd.bound_s + 30.0,
+        });
+        let Some(worker) = p.worker.as_mut() else {
+            return Measurement::failed("no client process".into());
+        };
+        let line = match serde_json::to_string(&cmd) {
+            Ok(l) => l,
+            Err(e) => return Measurement::failed(format!("encode command: {e}")),
+        };
+        let answer = tokio::task::block_in_place(|| {
+            worker.send_line(&line)?;
+            worker.recv_line(bound)
+        });
+        match answer.and_then(|l| serde_json::from_str::<Reply>(&l).map_err(|e| format!("bad client answer {l:?}: {e}"))) {
+            Ok(reply) => {
+                if reply.vmhwm_kb.is_some() {
+                    p.worker_peak_kb = reply.vmhwm_kb;
+                }
+                reply.measurement
+            }
+            Err(e) => {
+                p.dead = Some(first_line(&e));
+                Measurement::failed(e)
+            }
+        }
     }
 
     /// With `--quiet-wait S`: wait (at most S seconds) for a 0.5 s window in which processes
     /// outside the benchmark use less than `--quiet-pct` of the machine.
-    async fn wait_quiet(&self) {
+    async fn wait_quiet(&self, participants: &[Participant]) {
         if self.opts.quiet_wait <= 0.0 {
             return;
         }
-        let (_, all) = self.server_pids(Impl::Ours);
+        let all: Vec<u32> = participants
+            .iter()
+            .flat_map(|p| p.servers.iter().map(ServerProc::pid).chain(p.worker.as_ref().map(ServerProc::pid)))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs_f64(self.opts.quiet_wait);
         loop {
-            let a = cpu_snap(&[], &all, &self.broker_pids);
+            let a = cpu_snap(&[], &[], &all, &self.broker_pids);
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let foreign = cpu_use(a, cpu_snap(&[], &all, &self.broker_pids)).map(|c| c.foreign_pct);
+            let foreign = cpu_use(a, cpu_snap(&[], &[], &all, &self.broker_pids)).map(|c| c.foreign_pct);
             if foreign.is_none_or(|f| f < self.opts.quiet_pct) || Instant::now() >= deadline {
                 return;
             }
         }
     }
 
-    fn stop_servers(&mut self) {
-        for s in &self.servers {
-            self.peak_rss.insert(s.label.clone(), vmhwm_kb(s.pid()));
-        }
-        for s in &mut self.servers {
-            if !s.stop(Duration::from_secs(20)) {
-                self.notes
-                    .push(format!("server {} had to be killed (did not stop within 20 s)", s.label));
+    fn stop_participants(&mut self, driver: Driver, participants: &mut Vec<Participant>, info: &mut DriverInfo) {
+        for p in participants.iter_mut() {
+            let label = p.kind.label(driver);
+            for s in &p.servers {
+                let which = s.label.rsplit('-').next().unwrap_or("?").to_string();
+                info.rss.insert((label.clone(), format!("server {which}")), vmhwm_kb(s.pid()));
             }
-        }
-        self.servers.clear();
-    }
-
-    fn kinds(&self, scenario: Scenario) -> Vec<Impl> {
-        let mut kinds = Vec::new();
-        if self.ours_enabled {
-            kinds.push(Impl::Ours);
-        }
-        if scenario == Scenario::Notify {
-            // No raw lapin here: a notification is a cast-shaped publish, measured in c).
-            if self.python.is_some() {
-                kinds.push(Impl::Python);
-            }
-            return kinds;
-        }
-        kinds.push(Impl::Raw);
-        if !self.opts.no_refs {
-            match scenario {
-                Scenario::Seq | Scenario::Inflight => kinds.push(Impl::RawConfirm),
-                Scenario::Cast => kinds.push(Impl::RawWide),
-                Scenario::Fanout | Scenario::Notify => {}
-            }
-        }
-        if self.python.is_some() {
-            kinds.push(Impl::Python);
-        }
-        kinds
-    }
-
-    async fn run_all(&mut self) -> Res<()> {
-        let timeout = Duration::from_secs_f64(self.opts.timeout);
-        self.start_servers("a")?;
-        let server_queues: HashMap<String, String> = [
-            ("a".to_string(), self.names.raw_queue_a.clone()),
-            ("b".to_string(), self.names.raw_queue_b.clone()),
-        ]
-        .into();
-        let raw = RawClient::connect(
-            &self.opts.amqp_url,
-            &self.names.raw_queue_a,
-            server_queues,
-            &self.names.raw_fanout,
-            self.opts.payload,
-            timeout,
-            self.opts.raw_oslo_props,
-        )
-        .await?;
-        #[cfg(feature = "ours")]
-        let ours = if self.ours_enabled {
-            Some(OursClient::new(&self.opts.url, &self.names.ours_topic, self.opts.payload, timeout)?)
-        } else {
-            None
-        };
-        let result = self
-            .scenarios(&raw, {
-                #[cfg(feature = "ours")]
-                {
-                    ours.clone().map(|c| Client::Ours(Arc::new(c)))
-                }
-                #[cfg(not(feature = "ours"))]
-                {
-                    None
-                }
-            })
-            .await;
-        #[cfg(feature = "ours")]
-        if let Some(ours) = &ours {
-            if let Some(reply_queue) = ours.close().await {
-                self.extra_queues.push(reply_queue);
-            }
-        }
-        raw.close().await;
-        result
-    }
-
-    async fn scenarios(&mut self, raw: &RawClient, ours: Option<Client>) -> Res<()> {
-        let raw_client = Client::Raw(raw.clone());
-        let raw_confirm = Client::Raw(raw.with_confirm_calls());
-        let clients = |kind: Impl| -> Option<Client> {
-            match kind {
-                Impl::Ours => ours.clone(),
-                Impl::Raw | Impl::RawWide => Some(raw_client.clone()),
-                Impl::RawConfirm => Some(raw_confirm.clone()),
-                Impl::Python => None,
-            }
-        };
-        for scenario in [
-            Scenario::Seq,
-            Scenario::Inflight,
-            Scenario::Cast,
-            Scenario::Fanout,
-            Scenario::Notify,
-        ] {
-            let letter = scenario.label().chars().next().unwrap_or('?');
-            if !self.opts.only.contains(letter) {
-                continue;
-            }
-            if scenario == Scenario::Fanout {
-                self.start_servers("b")?;
-            }
-            let kinds = self.kinds(scenario);
-            if kinds.is_empty() {
-                continue;
-            }
-            for rep in 0..self.opts.reps {
-                let mut order = kinds.clone();
-                let shift = rep % order.len();
-                order.rotate_left(shift);
-                for kind in order {
-                    self.check_servers()?;
-                    self.wait_quiet().await;
-                    let (mine, others) = self.server_pids(kind);
-                    let before = cpu_snap(&mine, &others, &self.broker_pids);
-                    let mut m = match clients(kind) {
-                        Some(client) => self.rust_measure(scenario, kind, &client).await.unwrap_or_else(Measurement::failed),
-                        None => self.python_measure(scenario).await.unwrap_or_else(Measurement::failed),
-                    };
-                    m.cpu = cpu_use(before, cpu_snap(&mine, &others, &self.broker_pids));
-                    if let (Some(cpu), Some(client)) = (m.cpu.as_mut(), m.client_cpu_s) {
-                        cpu.client_s = client;
+            if let Some(w) = p.worker.as_mut() {
+                let peak = vmhwm_kb(w.pid()).or(p.worker_peak_kb);
+                info.rss.insert((label.clone(), "client".into()), peak);
+                for line in w.finish(Duration::from_secs(20)) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        for q in v["reply_queues"].as_array().into_iter().flatten().filter_map(|q| q.as_str()) {
+                            self.queues.push(q.to_string());
+                        }
                     }
-                    m.foreign_pct = m.cpu.map(|c| c.foreign_pct);
-                    eprintln!(
-                        "oslo-bench: {} | {} | rep {} -> {}/s, median {} ms, p99 {} ms, foreign CPU {}{}",
-                        scenario.label(),
-                        kind.label(),
-                        rep + 1,
-                        fmt_rate(m.per_s),
-                        fmt_ms(m.median_ms),
-                        fmt_ms(m.p99_ms),
-                        m.foreign_pct.map(|p| format!("{p:.0} %")).unwrap_or_else(|| "n/a".into()),
-                        m.error.as_deref().map(|e| format!(" ERROR: {e}")).unwrap_or_default()
-                    );
-                    self.results.entry((scenario, kind)).or_default().push(m);
+                }
+                if !w.stop(Duration::from_secs(5)) {
+                    self.notes.push(format!("client {} had to be killed", w.label));
+                }
+            } else if p.kind == Impl::Python {
+                info.rss.insert((label.clone(), "client".into()), self.py_client_peak_kb);
+            }
+            for s in &mut p.servers {
+                if !s.stop(Duration::from_secs(20)) {
+                    self.notes
+                        .push(format!("server {} had to be killed (did not stop within 20 s)", s.label));
                 }
             }
         }
-        Ok(())
+        participants.clear();
     }
 
-    async fn rust_measure(&self, scenario: Scenario, kind: Impl, client: &Client) -> Res<Measurement> {
-        let o = &self.opts;
-        let poll = Duration::from_secs_f64(o.poll_ms / 1e3);
-        let bound = Duration::from_secs(120);
-        match scenario {
-            Scenario::Seq => rust_seq(client, o.n, o.warmup).await,
-            Scenario::Inflight => {
-                rust_inflight(
-                    client,
-                    o.inflight,
-                    Duration::from_secs_f64(o.inflight_warmup),
-                    Duration::from_secs_f64(o.duration),
-                    Duration::from_secs_f64(o.timeout),
-                )
-                .await
-            }
-            Scenario::Cast => {
-                let window = if kind == Impl::RawWide { o.wide_window } else { o.cast_window };
-                rust_casts(client, o.casts, window, false, &["a"], poll, bound).await
-            }
-            Scenario::Fanout => rust_casts(client, o.fanout_casts, o.cast_window, true, &["a", "b"], poll, bound).await,
-            Scenario::Notify => {
-                #[cfg(feature = "ours")]
-                {
-                    crate::ours::notify_bench(
-                        &o.url,
-                        &self.names.ours_notify_topic,
-                        o.notifications,
-                        o.cast_window,
-                        o.payload,
-                        bound,
-                    )
-                    .await
-                }
-                #[cfg(not(feature = "ours"))]
-                {
-                    Err("built without the `ours` feature".into())
-                }
-            }
-        }
-    }
-
-    async fn python_measure(&mut self, scenario: Scenario) -> Res<Measurement> {
+    async fn python_measure(&mut self, driver: Driver, sc: Scenario, payload: usize, k: usize) -> Res<Measurement> {
         let o = self.opts.clone();
         let py = self.python.clone().ok_or("no python")?;
+        let topic = if sc == Scenario::Notify {
+            self.name(driver, "py-notify")
+        } else {
+            self.name(driver, "py")
+        };
         let mut args: Vec<String> = vec![
             self.script.display().to_string(),
             "client".into(),
-            match scenario {
-                Scenario::Seq => "seq",
-                Scenario::Inflight => "inflight",
-                Scenario::Cast => "cast",
-                Scenario::Fanout => "fanout",
-                Scenario::Notify => "notify",
-            }
-            .into(),
+            sc.command().into(),
             "--topic".into(),
-            if scenario == Scenario::Notify {
-                self.names.py_notify_topic.clone()
-            } else {
-                self.names.py_topic.clone()
-            },
+            topic,
             "--url".into(),
             o.url.clone(),
             "--payload".into(),
-            o.payload.to_string(),
+            payload.to_string(),
             "--timeout".into(),
             o.timeout.to_string(),
             "--poll-ms".into(),
             o.poll_ms.to_string(),
         ];
-        let bound = match scenario {
+        let bound = match sc {
             Scenario::Seq => {
-                args.extend(["--n".into(), o.n.to_string(), "--warmup".into(), o.warmup.to_string()]);
-                60.0 + (o.n + o.warmup) as f64 * 0.05
+                let (n, w) = (self.count(o.n as u64, payload), self.count(o.warmup as u64, payload));
+                args.extend(["--n".into(), n.to_string(), "--warmup".into(), w.to_string()]);
+                60.0 + (n + w) as f64 * 0.05
             }
             Scenario::Inflight => {
+                let threads = k.min(o.py_threads).max(1);
                 args.extend([
                     "--threads".into(),
-                    o.py_threads.to_string(),
+                    threads.to_string(),
                     "--duration".into(),
                     o.duration.to_string(),
                     "--warmup-secs".into(),
@@ -786,17 +976,16 @@ impl Runner {
                 ]);
                 60.0 + o.duration + o.inflight_warmup + o.timeout
             }
-            Scenario::Cast => {
-                args.extend(["--servers".into(), "a".into(), "--count".into(), o.py_casts.to_string()]);
-                60.0 + o.py_casts as f64 * 0.05
-            }
-            Scenario::Fanout => {
-                args.extend(["--servers".into(), "a,b".into(), "--count".into(), o.py_fanout_casts.to_string()]);
-                60.0 + o.py_fanout_casts as f64 * 0.05
+            Scenario::Cast | Scenario::Fanout => {
+                let base = if sc == Scenario::Cast { o.py_casts } else { o.py_fanout_casts };
+                let count = self.count(base, payload);
+                args.extend(["--servers".into(), "a,b".into(), "--count".into(), count.to_string()]);
+                60.0 + count as f64 * 0.05
             }
             Scenario::Notify => {
-                args.extend(["--count".into(), o.py_notifications.to_string()]);
-                60.0 + o.py_notifications as f64 * 0.05
+                let count = self.count(o.py_notifications, payload);
+                args.extend(["--count".into(), count.to_string()]);
+                60.0 + count as f64 * 0.05
             }
         };
         let log = self.logdir.join("python-client.log");
@@ -811,7 +1000,7 @@ impl Runner {
         let line = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bad python client output {line:?}: {e}"))?;
         if let Some(q) = v["reply_q"].as_str() {
-            self.py_reply_queues.push(q.to_string());
+            self.queues.push(q.to_string());
         }
         if let Some(kb) = v["client_vmhwm_kb"].as_u64() {
             self.py_client_peak_kb = Some(self.py_client_peak_kb.unwrap_or(0).max(kb));
@@ -827,11 +1016,7 @@ impl Runner {
             let _ = write!(note, "; {e} errors");
         }
         if let Some(c) = v["notifications"].as_u64() {
-            let _ = write!(
-                note,
-                "{c} notifications, sequential; listener in the client process counted {}",
-                v["received"]
-            );
+            let _ = write!(note, "{c} notifications, sequential; listener counted {}", v["received"]);
         } else if let Some(c) = v["count"].as_u64() {
             let _ = write!(note, "{c} casts, sequential; processed {}", v["processed"]);
         }
@@ -847,26 +1032,14 @@ impl Runner {
         })
     }
 
+    /// Delete every queue and exchange the run created (by name), then whatever else carries the
+    /// run id (what servers and drivers created under the run's topic names).
     async fn cleanup_broker(&mut self) {
-        let n = &self.names;
-        let mut queues = vec![n.raw_queue_a.clone(), n.raw_queue_b.clone()];
-        for topic in [&n.ours_topic, &n.py_topic] {
-            queues.push(topic.clone());
-            queues.push(format!("{topic}.a"));
-            queues.push(format!("{topic}.b"));
+        let needs_broker = self.opts.drivers.iter().any(|d| matches!(d, Driver::Rabbit | Driver::Amqp1));
+        if !needs_broker {
+            return;
         }
-        for topic in [&n.ours_notify_topic, &n.py_notify_topic] {
-            queues.push(format!("{topic}.info"));
-        }
-        queues.extend(self.py_reply_queues.iter().cloned());
-        queues.extend(self.extra_queues.iter().cloned());
-        let exchanges = vec![
-            n.raw_fanout.clone(),
-            format!("{}_fanout", n.ours_topic),
-            format!("{}_fanout", n.py_topic),
-        ];
-        // Queues and exchanges with the run's prefix that we did not create by name: what the
-        // servers left behind (e.g. fanout queues).
+        let (queues, exchanges) = (self.queues.clone(), self.exchanges.clone());
         let leftovers = self.scan_leftovers(&queues, &exchanges);
         let conn = match raw::connect(&self.opts.amqp_url).await {
             Ok(conn) => conn,
@@ -883,8 +1056,7 @@ impl Runner {
                 channel = conn.create_channel().await.ok();
             }
             let Some(ch) = &channel else { break };
-            let op = ch.queue_delete(q.as_str().into(), Default::default());
-            match tokio::time::timeout(Duration::from_secs(5), op).await {
+            match tokio::time::timeout(Duration::from_secs(5), ch.queue_delete(q.as_str().into(), Default::default())).await {
                 Ok(Ok(_)) => {}
                 other => {
                     failures.push(format!("queue {q}: {other:?}"));
@@ -898,8 +1070,7 @@ impl Runner {
                 channel = conn.create_channel().await.ok();
             }
             let Some(ch) = &channel else { break };
-            let op = ch.exchange_delete(x.as_str().into(), Default::default());
-            match tokio::time::timeout(Duration::from_secs(5), op).await {
+            match tokio::time::timeout(Duration::from_secs(5), ch.exchange_delete(x.as_str().into(), Default::default())).await {
                 Ok(Ok(_)) => {}
                 other => {
                     failures.push(format!("exchange {x}: {other:?}"));
@@ -916,9 +1087,14 @@ impl Runner {
                 "left behind after the servers stopped (deleted by the runner): queues {q:?}, exchanges {x:?}"
             )),
             Some(_) => {}
-            None => self.notes.push(
-                "rabbitmqctl not usable: no scan for leftover queues (reply queues of our client, if any, expire by themselves)".into(),
-            ),
+            None => self.notes.push("rabbitmqctl not usable: no scan for leftover queues".into()),
+        }
+        // Verify: nothing with the run id is left.
+        if let Some((q, x)) = self.scan_leftovers(&[], &[]) {
+            if !q.is_empty() || !x.is_empty() {
+                self.notes
+                    .push(format!("still on the broker after cleanup: queues {q:?}, exchanges {x:?}"));
+            }
         }
     }
 
@@ -939,382 +1115,54 @@ impl Runner {
         let x: Vec<String> = list("list_exchanges")?.into_iter().filter(|n| !exchanges.contains(n)).collect();
         Some((q, x))
     }
-
-    fn summary(&self, scenario: Scenario, kind: Impl) -> Summary {
-        let ms = self.results.get(&(scenario, kind)).cloned().unwrap_or_default();
-        let ok: Vec<&Measurement> = ms.iter().filter(|m| m.error.is_none()).collect();
-        let pick = |f: fn(&Measurement) -> Option<f64>| median(&ok.iter().filter_map(|m| f(m)).collect::<Vec<_>>());
-        let per_op = |f: fn(&crate::common::CpuUse) -> f64| {
-            median(
-                &ok.iter()
-                    .filter_map(|m| Some(f(m.cpu.as_ref()?) * 1e6 / m.ops.filter(|n| *n > 0)? as f64))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        Summary {
-            per_s: pick(|m| m.per_s),
-            median_ms: pick(|m| m.median_ms),
-            p99_ms: pick(|m| m.p99_ms),
-            send_per_s: pick(|m| m.send_per_s),
-            cpu_us: [per_op(|c| c.client_s), per_op(|c| c.server_s), per_op(|c| c.broker_s)],
-        }
-    }
-
-    fn report(&self, elapsed: Duration) -> String {
-        let o = &self.opts;
-        let mut r = String::new();
-        let date = run_bounded(
-            {
-                let mut c = Command::new("date");
-                c.args(["-u", "+%Y-%m-%d %H:%M UTC"]);
-                c
-            },
-            Duration::from_secs(5),
-            None,
-        )
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown date".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-        let _ = writeln!(r, "# oslo-bench results ({date})\n");
-        let _ = writeln!(
-            r,
-            "Command: `{}` (run took {:.0} s). Machine: {cores} cores, Linux {}; client, servers and RabbitMQ \
-             share the machine, so every figure is whole-system. Each figure is the median of {} repetition(s); \
-             implementations are interleaved within each scenario (rotating order per repetition).{}\n",
-            o.command_line,
-            elapsed.as_secs_f64(),
-            kernel.trim(),
-            o.reps,
-            if o.raw_oslo_props {
-                " **Raw lapin here publishes with oslo's AMQP properties and mandatory calls/replies (`--raw-oslo-props`).**"
-            } else {
-                ""
-            }
-        );
-        let s = |sc, k| self.summary(sc, k);
-        let (ours_a, raw_a, py_a) = (
-            s(Scenario::Seq, Impl::Ours),
-            s(Scenario::Seq, Impl::Raw),
-            s(Scenario::Seq, Impl::Python),
-        );
-        let (ours_b, raw_b, py_b) = (
-            s(Scenario::Inflight, Impl::Ours),
-            s(Scenario::Inflight, Impl::Raw),
-            s(Scenario::Inflight, Impl::Python),
-        );
-        let (ours_c, raw_c, py_c) = (
-            s(Scenario::Cast, Impl::Ours),
-            s(Scenario::Cast, Impl::Raw),
-            s(Scenario::Cast, Impl::Python),
-        );
-        let (ours_d, raw_d, py_d) = (
-            s(Scenario::Fanout, Impl::Ours),
-            s(Scenario::Fanout, Impl::Raw),
-            s(Scenario::Fanout, Impl::Python),
-        );
-        let (ours_e, py_e) = (s(Scenario::Notify, Impl::Ours), s(Scenario::Notify, Impl::Python));
-        let _ = writeln!(
-            r,
-            "| metric | ours | raw lapin | Python oslo.messaging | ours/raw | ours/Python | target | met |"
-        );
-        let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---|---|");
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let fr = |x: Option<f64>| x.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "n/a".into());
-        let fr_lat_py = |x: Option<f64>| {
-            x.map(|x| format!("{x:.2}x ({:.1}x faster)", 1.0 / x))
-                .unwrap_or_else(|| "n/a".into())
-        };
-        let verdict = |v: Option<bool>| match v {
-            Some(true) => "yes",
-            Some(false) => "**NO**",
-            None => "n/a",
-        };
-        // a) median
-        let a_raw = ratio(ours_a.median_ms, raw_a.median_ms);
-        let a_py = ratio(ours_a.median_ms, py_a.median_ms);
-        let a_met = match (a_raw, a_py) {
-            (Some(x), Some(y)) => Some(x <= 1.25 && y <= 0.25),
-            (Some(x), None) => Some(x <= 1.25),
-            _ => None,
-        };
-        let _ = writeln!(
-            r,
-            "| a) sequential `echo` call, median latency (ms) | {} | {} | {} | {} | {} | ≤ 1.25x raw and ≥ 4x faster than Python | {} |",
-            fmt_ms(ours_a.median_ms),
-            fmt_ms(raw_a.median_ms),
-            fmt_ms(py_a.median_ms),
-            fr(a_raw),
-            fr_lat_py(a_py),
-            verdict(a_met)
-        );
-        let _ = writeln!(
-            r,
-            "| a) sequential `echo` call, p99 latency (ms) | {} | {} | {} | {} | {} | | |",
-            fmt_ms(ours_a.p99_ms),
-            fmt_ms(raw_a.p99_ms),
-            fmt_ms(py_a.p99_ms),
-            fr(ratio(ours_a.p99_ms, raw_a.p99_ms)),
-            fr_lat_py(ratio(ours_a.p99_ms, py_a.p99_ms)),
-        );
-        let _ = writeln!(
-            r,
-            "| a) sequential calls/s | {} | {} | {} | {} | {} | | |",
-            fmt_rate(ours_a.per_s),
-            fmt_rate(raw_a.per_s),
-            fmt_rate(py_a.per_s),
-            fr(ratio(ours_a.per_s, raw_a.per_s)),
-            fr(ratio(ours_a.per_s, py_a.per_s)),
-        );
-        let b_raw = ratio(ours_b.per_s, raw_b.per_s);
-        let _ = writeln!(
-            r,
-            "| b) calls/s, {} in flight (Python: {} threads) | {} | {} | {} | {} | {} | ≥ 0.8x raw | {} |",
-            o.inflight,
-            o.py_threads,
-            fmt_rate(ours_b.per_s),
-            fmt_rate(raw_b.per_s),
-            fmt_rate(py_b.per_s),
-            fr(b_raw),
-            fr(ratio(ours_b.per_s, py_b.per_s)),
-            verdict(b_raw.map(|x| x >= 0.8))
-        );
-        let _ = writeln!(
-            r,
-            "| b) latency under load, median / p99 (ms) | {} / {} | {} / {} | {} / {} | | | | |",
-            fmt_ms(ours_b.median_ms),
-            fmt_ms(ours_b.p99_ms),
-            fmt_ms(raw_b.median_ms),
-            fmt_ms(raw_b.p99_ms),
-            fmt_ms(py_b.median_ms),
-            fmt_ms(py_b.p99_ms),
-        );
-        let _ = writeln!(
-            r,
-            "| c) casts/s with publisher confirms, until processed ({} concurrent; Python sequential) | {} | {} | {} | {} | {} | ≥ 40,000/s | {} |",
-            o.cast_window,
-            fmt_rate(ours_c.per_s),
-            fmt_rate(raw_c.per_s),
-            fmt_rate(py_c.per_s),
-            fr(ratio(ours_c.per_s, raw_c.per_s)),
-            fr(ratio(ours_c.per_s, py_c.per_s)),
-            verdict(ours_c.per_s.map(|x| x >= 40_000.0))
-        );
-        let _ = writeln!(
-            r,
-            "| c) casts/s, send only | {} | {} | {} | {} | {} | | |",
-            fmt_rate(ours_c.send_per_s),
-            fmt_rate(raw_c.send_per_s),
-            fmt_rate(py_c.send_per_s),
-            fr(ratio(ours_c.send_per_s, raw_c.send_per_s)),
-            fr(ratio(ours_c.send_per_s, py_c.send_per_s)),
-        );
-        let _ = writeln!(
-            r,
-            "| d) fanout casts/s to 2 servers, until both processed | {} | {} | {} | {} | {} | | |",
-            fmt_rate(ours_d.per_s),
-            fmt_rate(raw_d.per_s),
-            fmt_rate(py_d.per_s),
-            fr(ratio(ours_d.per_s, raw_d.per_s)),
-            fr(ratio(ours_d.per_s, py_d.per_s)),
-        );
-        let _ = writeln!(
-            r,
-            "| e) notifications/s published and consumed, until the listener counted all ({} concurrent; Python sequential) | {} | n/a | {} | | {} | | |",
-            o.cast_window,
-            fmt_rate(ours_e.per_s),
-            fmt_rate(py_e.per_s),
-            fr(ratio(ours_e.per_s, py_e.per_s)),
-        );
-        let _ = writeln!(
-            r,
-            "| e) notifications/s, publish only | {} | n/a | {} | | {} | | |",
-            fmt_rate(ours_e.send_per_s),
-            fmt_rate(py_e.send_per_s),
-            fr(ratio(ours_e.send_per_s, py_e.send_per_s)),
-        );
-        let _ = writeln!(
-            r,
-            "\nCounts: a) {} warm-up + {} timed calls each, {}-byte string payload; b) {:.0} s warm-up + {:.0} s timed; \
-             c) {} casts (Python {}); d) {} fanout casts (Python {}), each delivered to 2 servers; \
-             e) {} `info` notifications (Python {}), {}-byte string payload, listener in the client's process \
-             (its CPU is counted as the client's).\n",
-            o.warmup,
-            o.n,
-            o.payload,
-            o.inflight_warmup,
-            o.duration,
-            o.casts,
-            o.py_casts,
-            o.fanout_casts,
-            o.py_fanout_casts,
-            o.notifications,
-            o.py_notifications,
-            o.payload
-        );
-        let _ = writeln!(
-            r,
-            "CPU per operation in µs, client / server(s) / RabbitMQ = total (CPU time of each process over the \
-             measurement, warm-up included, divided by the operations done; Python client: its own process time):\n"
-        );
-        let _ = writeln!(r, "| scenario | ours | raw lapin | Python |");
-        let _ = writeln!(r, "|---|---:|---:|---:|");
-        for (label, sc) in [
-            ("a) sequential call", Scenario::Seq),
-            ("b) calls in flight", Scenario::Inflight),
-            ("c) cast", Scenario::Cast),
-            ("d) fanout cast (2 deliveries)", Scenario::Fanout),
-            ("e) notification (listener in client process)", Scenario::Notify),
-        ] {
-            let _ = writeln!(
-                r,
-                "| {label} | {} | {} | {} |",
-                s(sc, Impl::Ours).cpu(),
-                s(sc, Impl::Raw).cpu(),
-                s(sc, Impl::Python).cpu()
-            );
-        }
-        let _ = writeln!(r);
-        if !o.no_refs {
-            let rc_a = s(Scenario::Seq, Impl::RawConfirm);
-            let rc_b = s(Scenario::Inflight, Impl::RawConfirm);
-            let rw_c = s(Scenario::Cast, Impl::RawWide);
-            let _ = writeln!(r, "Reference points (raw lapin variants; not targets):\n");
-            let _ = writeln!(
-                r,
-                "| reference | value | ours / reference | CPU µs per op, reference (client / server / broker) |"
-            );
-            let _ = writeln!(r, "|---|---:|---:|---:|");
-            let _ = writeln!(
-                r,
-                "| raw lapin, every publish confirmed (request and reply): a) median / p99 (ms) | {} / {} | {} / {} | {} |",
-                fmt_ms(rc_a.median_ms),
-                fmt_ms(rc_a.p99_ms),
-                fr(ratio(ours_a.median_ms, rc_a.median_ms)),
-                fr(ratio(ours_a.p99_ms, rc_a.p99_ms)),
-                rc_a.cpu(),
-            );
-            let _ = writeln!(
-                r,
-                "| raw lapin, every publish confirmed: b) calls/s, {} in flight | {} | {} | {} |",
-                o.inflight,
-                fmt_rate(rc_b.per_s),
-                fr(ratio(ours_b.per_s, rc_b.per_s)),
-                rc_b.cpu(),
-            );
-            let _ = writeln!(
-                r,
-                "| raw lapin casts, {} confirms outstanding: c) casts/s | {} | {} | {} |",
-                o.wide_window,
-                fmt_rate(rw_c.per_s),
-                fr(ratio(ours_c.per_s, rw_c.per_s)),
-                rw_c.cpu(),
-            );
-            let _ = writeln!(r);
-        }
-        let _ = writeln!(r, "Peak RSS (VmHWM) of the server processes at the end of the run:\n");
-        let _ = writeln!(r, "| server | ours | raw lapin | Python |");
-        let _ = writeln!(r, "|---|---:|---:|---:|");
-        let rss = |label: &str| {
-            self.peak_rss
-                .get(label)
-                .copied()
-                .flatten()
-                .map(|kb| format!("{:.1} MiB", kb as f64 / 1024.0))
-                .unwrap_or_else(|| "n/a".into())
-        };
-        for name in ["a", "b"] {
-            let _ = writeln!(
-                r,
-                "| server {name}{} | {} | {} | {} |",
-                if name == "a" { " (a to d)" } else { " (d only)" },
-                rss(&format!("ours-{name}")),
-                rss(&format!("raw-{name}")),
-                rss(&format!("python-{name}"))
-            );
-        }
-        if let Some(kb) = self.py_client_peak_kb {
-            let _ = writeln!(r, "\nPython client process peak RSS: {:.1} MiB.", kb as f64 / 1024.0);
-        }
-        if let Some(v) = &self.py_version {
-            let _ = writeln!(r, "Python: oslo.messaging {v} (interop/.venv).");
-        }
-        let _ = writeln!(
-            r,
-            "\nEvery measurement (foreign CPU = CPU used by processes outside the benchmark and the broker, % of the machine):\n"
-        );
-        let _ = writeln!(
-            r,
-            "| scenario | implementation | rep | per s | median ms | p99 ms | send-only per s | CPU µs/op client / server / broker | foreign CPU | notes |"
-        );
-        let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
-        for ((sc, kind), ms) in &self.results {
-            for (i, m) in ms.iter().enumerate() {
-                let _ = writeln!(
-                    r,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    sc.label(),
-                    kind.label(),
-                    i + 1,
-                    fmt_rate(m.per_s),
-                    fmt_ms(m.median_ms),
-                    fmt_ms(m.p99_ms),
-                    fmt_rate(m.send_per_s),
-                    match (m.cpu, m.ops.filter(|n| *n > 0)) {
-                        (Some(c), Some(n)) => format!(
-                            "{:.0} / {:.0} / {:.0}",
-                            c.client_s * 1e6 / n as f64,
-                            c.server_s * 1e6 / n as f64,
-                            c.broker_s * 1e6 / n as f64
-                        ),
-                        _ => "n/a".into(),
-                    },
-                    m.foreign_pct.map(|p| format!("{p:.0} %")).unwrap_or_else(|| "n/a".into()),
-                    match &m.error {
-                        Some(e) => format!("ERROR: {}", e.replace('|', "/").replace('\n', " ")),
-                        None => m.note.replace('|', "/"),
-                    }
-                );
-            }
-        }
-        let busy: Vec<f64> = self.results.values().flatten().filter_map(|m| m.foreign_pct).collect();
-        if busy.iter().any(|p| *p > 10.0) {
-            let _ = writeln!(
-                r,
-                "\nWarning: other processes used more than 10 % of the machine during some measurements \
-                 (max {:.0} %); absolute figures are disturbed, ratios less so.",
-                busy.iter().cloned().fold(0.0, f64::max)
-            );
-        }
-        if !self.notes.is_empty() {
-            let _ = writeln!(r, "\nNotes:\n");
-            for n in &self.notes {
-                let _ = writeln!(r, "- {n}");
-            }
-        }
-        r
-    }
 }
 
-struct Summary {
-    per_s: Option<f64>,
-    median_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    send_per_s: Option<f64>,
-    /// CPU µs per operation: client, server(s), broker.
-    cpu_us: [Option<f64>; 3],
+/// The first line of an error, for one-line reasons.
+pub fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").to_string()
 }
 
-impl Summary {
-    fn cpu(&self) -> String {
-        if self.cpu_us.iter().all(Option::is_none) {
-            return "n/a".into();
-        }
-        let f = |x: Option<f64>| x.map(|x| format!("{x:.0}")).unwrap_or_else(|| "?".into());
-        let total: f64 = self.cpu_us.iter().flatten().sum();
-        format!("{} / {} / {} = {total:.0}", f(self.cpu_us[0]), f(self.cpu_us[1]), f(self.cpu_us[2]))
+/// Format the options line of the report.
+pub fn describe_counts(o: &Opts) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "a) {} warm-up + {} timed calls; b) {:.1} s warm-up + {:.1} s timed with {:?} calls in flight (Python: as many threads, at most {}); \
+         c) {} casts ({} concurrent; Python {} sequential); d) {} fanout casts to 2 servers (Python {}); \
+         e) {} notifications (Python {}); payloads {:?} bytes; counts divided by {} for payloads above 4 KiB; {} repetition(s), median shown.",
+        o.warmup,
+        o.n,
+        o.inflight_warmup,
+        o.duration,
+        o.inflight,
+        o.py_threads,
+        o.casts,
+        o.cast_window,
+        o.py_casts,
+        o.fanout_casts,
+        o.py_fanout_casts,
+        o.notifications,
+        o.py_notifications,
+        o.payloads,
+        o.big_divisor,
+        o.reps
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_covers_every_scenario_payload_and_inflight_level() {
+        let runner_opts = Opts::default();
+        let cells: usize = Scenario::ALL
+            .iter()
+            .map(|sc| runner_opts.payloads.len() * if *sc == Scenario::Inflight { runner_opts.inflight.len() } else { 1 })
+            .sum();
+        assert_eq!(cells, 2 * (1 + 3 + 1 + 1 + 1));
+        assert_eq!(Driver::parse("zmq").unwrap(), Driver::Zmq);
+        assert!(Driver::parse("nats").is_err());
     }
 }
