@@ -4,38 +4,16 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oslo_core::{Retry, RpcClient, Target};
 use serde_json::json;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_appear_in_logs() {
     // Not `require_broker!`: that installs its own global subscriber.
-    let Some(url) = common::broker_url() else {
-        assert!(
-            !common::broker_required(),
-            "OSLO_TEST_RABBIT_URL is not set but OSLO_REQUIRE_BROKERS names rabbit"
-        );
-        eprintln!("skipping: OSLO_TEST_RABBIT_URL not set");
-        return;
-    };
-    let captured = Captured::default();
+    let Some(url) = common::broker_url_or_skip() else { return };
+    let captured = common::CapturedLogs::default();
     let writer = captured.clone();
     // This test binary holds only this test, so the global subscriber is ours.
     tracing_subscriber::fmt()
@@ -66,7 +44,7 @@ async fn passwords_never_appear_in_logs() {
         .expect("fails over to the live broker");
     transport.cleanup().await;
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.len() > 200, "the subscriber captured the driver's logs: {logs}");
     // The failures were logged (so the search below covered them), with the host but no secret.
     assert!(logs.contains("127.0.0.1:1"), "the dead host is named in the logs:\n{logs}");

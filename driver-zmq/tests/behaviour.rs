@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use driver_zmq::matchmaker::DummyMatchmaker;
+use common::start_server;
+use driver_zmq::matchmaker::{DummyMatchmaker, Matchmaker};
 use oslo_core::{context, Error, RpcClient, RpcServer, Target, TransportUrl};
 use serde_json::json;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -17,14 +18,18 @@ fn dummy_url(test: &str, options: &[(&str, &str)]) -> String {
     common::with_query(&format!("zmq+dummy://{}", common::unique(test)), options)
 }
 
-async fn start_server(url: &str, topic: &str, name: &str) -> (oslo_core::Transport, RpcServer) {
-    let transport = common::transport(url);
-    let server = RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
-        .endpoint(common::endpoint(name))
-        .start()
-        .await
-        .expect("server starts");
-    (transport, server)
+/// A client of `topic` in a transport of its own.
+fn client(url: &str, topic: &str, timeout: Duration) -> RpcClient {
+    RpcClient::new(common::transport(url), Target::new(topic)).timeout(timeout)
+}
+
+/// Register on `url`'s in-process matchmaker a server of `topic` that nobody runs (a free
+/// port), for `ttl`; the matchmaker and that record.
+async fn register_dead_server(url: &str, topic: &str, ttl: Duration) -> (std::sync::Arc<dyn Matchmaker>, String) {
+    let matchmaker = DummyMatchmaker::shared(&TransportUrl::parse(url).unwrap());
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    matchmaker.register(&format!("ROUTER/{topic}"), &dead, ttl).await.unwrap();
+    (matchmaker, dead)
 }
 
 fn ctxt() -> oslo_core::JsonMap {
@@ -37,13 +42,8 @@ async fn call_to_a_registered_dead_server_fails_within_its_timeout() {
     let url = dummy_url("dead", &[("zmq_connect_timeout", "1")]);
     let topic = common::unique("dead");
     // A record whose server is gone: nothing listens on the port.
-    let matchmaker = DummyMatchmaker::shared(&TransportUrl::parse(&url).unwrap());
-    let dead = format!("127.0.0.1:{}", common::free_port());
-    matchmaker
-        .register(&format!("ROUTER/{topic}"), &dead, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(2));
+    register_dead_server(&url, &topic, Duration::from_secs(300)).await;
+    let client = client(&url, &topic, Duration::from_secs(2));
     let started = Instant::now();
     let err = client.call(&ctxt(), "echo", json!({"value": 1})).await.expect_err("dead server");
     let elapsed = started.elapsed();
@@ -63,14 +63,9 @@ async fn calls_fail_over_from_a_dead_server_to_a_live_one() {
     let url = dummy_url("failover", &[("zmq_connect_timeout", "0.5")]);
     let topic = common::unique("failover");
     let (_server_transport, server) = start_server(&url, &topic, "live").await;
-    let matchmaker = DummyMatchmaker::shared(&TransportUrl::parse(&url).unwrap());
-    let dead = format!("127.0.0.1:{}", common::free_port());
-    matchmaker
-        .register(&format!("ROUTER/{topic}"), &dead, Duration::from_secs(300))
-        .await
-        .unwrap();
+    let (matchmaker, _) = register_dead_server(&url, &topic, Duration::from_secs(300)).await;
     assert_eq!(matchmaker.get_hosts(&format!("ROUTER/{topic}")).await.unwrap().len(), 2);
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(10));
+    let client = client(&url, &topic, Duration::from_secs(10));
     let started = Instant::now();
     for i in 0..6 {
         assert_eq!(client.call(&ctxt(), "echo", json!({"value": i})).await.expect("call"), json!(i));
@@ -86,13 +81,8 @@ async fn expired_records_stop_being_used_and_live_ones_are_refreshed() {
     common::init_tracing();
     let url = dummy_url("expiry", &[("zmq_target_expire", "2"), ("zmq_target_update", "1")]);
     let topic = common::unique("expiry");
-    let matchmaker = DummyMatchmaker::shared(&TransportUrl::parse(&url).unwrap());
     // A server that died without unregistering, with a 1 s record.
-    let dead = format!("127.0.0.1:{}", common::free_port());
-    matchmaker
-        .register(&format!("ROUTER/{topic}"), &dead, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let (matchmaker, dead) = register_dead_server(&url, &topic, Duration::from_secs(1)).await;
     let (_server_transport, server) = start_server(&url, &topic, "live").await;
     tokio::time::sleep(Duration::from_millis(3200)).await;
     // The live server refreshed its 2 s record; the dead one expired.
@@ -100,7 +90,7 @@ async fn expired_records_stop_being_used_and_live_ones_are_refreshed() {
     assert_eq!(hosts.len(), 1, "{hosts:?}");
     assert_ne!(hosts[0], dead);
     // So no call waits on the dead server any more.
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(10));
+    let client = client(&url, &topic, Duration::from_secs(10));
     let started = Instant::now();
     for _ in 0..4 {
         assert_eq!(client.call(&ctxt(), "whoami", json!({})).await.expect("call"), json!("live"));
@@ -141,7 +131,7 @@ async fn a_stale_ipc_socket_file_is_replaced_and_same_host_clients_use_ipc() {
     .await
     .unwrap();
     // The record names a host ("test-host") that does not resolve: only ipc can reach it.
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(5));
+    let client = client(&url, &topic, Duration::from_secs(5));
     assert_eq!(
         client.call(&ctxt(), "echo", json!({"value": "via ipc"})).await.expect("call"),
         json!("via ipc")
@@ -191,7 +181,7 @@ async fn raw_dealer_speaks_oslos_frames_and_garbage_is_dropped() {
         "duplicate dropped"
     );
     // And the server still serves.
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(5));
+    let client = client(&url, &topic, Duration::from_secs(5));
     assert_eq!(client.call(&ctxt(), "whoami", json!({})).await.expect("call"), json!("s"));
     server.shutdown().await;
 }
@@ -228,16 +218,8 @@ async fn redis_records_follow_oslos_key_layout_and_are_removed_on_stop() {
     assert_eq!(all, own, "server key uses the part before '@'");
     assert!(all[0].starts_with("127.0.0.1:"), "host:port record: {all:?}");
     // A client in another transport finds it through Redis, by server name too.
-    let client = RpcClient::new(common::transport(&url), Target::new(&topic)).timeout(Duration::from_secs(5));
-    assert_eq!(
-        client
-            .prepare()
-            .server("host-1@backend")
-            .call(&ctxt(), "whoami", json!({}))
-            .await
-            .expect("call"),
-        json!("host-1@backend")
-    );
+    let client = client(&url, &topic, Duration::from_secs(5));
+    common::assert_targeted_call_reaches(&client, &ctxt(), "host-1@backend").await;
     server.shutdown().await;
     assert!(common::redis_members(&url, &format!("{prefix}ROUTER/{topic}")).await.is_empty());
     assert!(common::redis_members(&url, &format!("{prefix}ROUTER/{topic}/host-1"))

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Trial};
-use oslo_core::{context, Error, RpcClient, RpcServer, Target};
+use oslo_core::{context, Error, RpcClient, Target};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -25,12 +25,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The child process: serve until stdin closes.
 fn serve(url: &str, topic: &str, name: &str) {
     runtime().block_on(async {
-        let transport = common::transport(url);
-        let server = RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
-            .endpoint(common::endpoint(name))
-            .start()
-            .await
-            .expect("server starts");
+        let (transport, server) = common::start_server(url, topic, name).await;
         println!("READY {}", std::process::id());
         let mut stdin = tokio::io::stdin();
         let mut sink = Vec::new();
@@ -96,15 +91,7 @@ async fn server_in_another_process(url: String) {
         assert_eq!(client.call(&ctxt(), "echo", json!({"value": i})).await.expect("echo"), json!(i));
     }
     client.cast(&ctxt(), "echo", json!({"value": "cast"})).await.expect("cast");
-    assert_eq!(
-        client
-            .prepare()
-            .server("remote")
-            .call(&ctxt(), "whoami", json!({}))
-            .await
-            .expect("targeted"),
-        json!("remote")
-    );
+    common::assert_targeted_call_reaches(&client, &ctxt(), "remote").await;
 
     // Kill it: no unregistering, its records stay in Redis until they expire.
     child.start_kill().expect("kill");

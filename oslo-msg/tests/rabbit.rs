@@ -29,22 +29,53 @@ impl Drop for Queues {
     }
 }
 
+/// The test URL and a fresh topic `prefix-<random>` whose queues go when the guard drops;
+/// `None` (the test skips) when the broker is not configured.
+fn rabbit_topic(prefix: &str) -> Option<(String, String, Queues)> {
+    let url = rabbit_url()?;
+    let topic = unique(prefix);
+    let queues = Queues {
+        url: url.clone(),
+        prefix: topic.clone(),
+    };
+    Some((url, topic, queues))
+}
+
 /// A `serve` child on a fresh topic, ready to take requests.
 fn serve(url: &str, topic: &str, server: &str, extra: &[&str]) -> Running {
     let mut args = vec!["serve", url, "--topic", topic, "--server", server];
     args.extend_from_slice(extra);
-    let mut running = Running::spawn(&args);
+    spawn_until_ready(&args)
+}
+
+/// A `listen` child on `topic` that takes one notification (passing `filters`), or gives up
+/// after 30 s.
+fn listen_for_one(url: &str, topic: &str, filters: &[&str]) -> Running {
+    let mut args = vec!["listen", url, "--topic", topic];
+    args.extend_from_slice(filters);
+    args.extend_from_slice(&["--count", "1", "--timeout", "30"]);
+    Running::spawn(&args)
+}
+
+/// `oslo-msg notify URL --topic TOPIC args...`, which must succeed.
+fn notify_ok(url: &str, topic: &str, args: &[&str]) {
+    let mut all = vec!["notify", url, "--topic", topic];
+    all.extend_from_slice(args);
+    let (_, stderr, code) = texts(&run(&all));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// `oslo-msg serve ...` once it says it is serving.
+fn spawn_until_ready(serve_args: &[&str]) -> Running {
+    let mut running = Running::spawn(serve_args);
     running.wait_stderr("serving topic", START);
     running
 }
 
 #[test]
 fn serve_answers_call_cast_fanout_and_ping() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-rpc");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-rpc") else {
+        return;
     };
     let mut server = serve(&url, &topic, "srv-a", &[]);
 
@@ -121,11 +152,8 @@ fn serve_answers_call_cast_fanout_and_ping() {
 
 #[test]
 fn fanout_reaches_every_server() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-fan");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-fan") else {
+        return;
     };
     let mut first = serve(&url, &topic, "fan-1", &[]);
     let mut second = serve(&url, &topic, "fan-2", &[]);
@@ -138,11 +166,8 @@ fn fanout_reaches_every_server() {
 
 #[test]
 fn remote_errors_timeouts_and_missing_servers_have_their_exit_status() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-err");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-err") else {
+        return;
     };
     let _server = serve(&url, &topic, "srv-e", &[]);
 
@@ -196,34 +221,30 @@ fn remote_errors_timeouts_and_missing_servers_have_their_exit_status() {
 
 #[test]
 fn notify_then_listen_receives_it_and_hands_back_the_rest() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-notif");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-notif") else {
+        return;
     };
     // A listener that is already running gets the notification.
     let listener = {
-        let mut listener = Running::spawn(&["listen", &url, "--topic", &topic, "--count", "1", "--timeout", "30"]);
+        let mut listener = listen_for_one(&url, &topic, &[]);
         listener.wait_stderr("listening on", START);
         listener
     };
-    let (_, stderr, code) = texts(&run(&[
-        "notify",
+    notify_ok(
         &url,
-        "--topic",
         &topic,
-        "--publisher-id",
-        "compute.host1",
-        "--priority",
-        "error",
-        "--context",
-        r#"{"request_id": "req-n1", "auth_token": "tok-secret"}"#,
-        "compute.instance.create.end",
-        "instance_id=vm-1",
-        "vcpus:=2",
-    ]));
-    assert_eq!(code, 0, "{stderr}");
+        &[
+            "--publisher-id",
+            "compute.host1",
+            "--priority",
+            "error",
+            "--context",
+            r#"{"request_id": "req-n1", "auth_token": "tok-secret"}"#,
+            "compute.instance.create.end",
+            "instance_id=vm-1",
+            "vcpus:=2",
+        ],
+    );
     let (stdout, stderr, code) = listener.finish(START);
     assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -240,32 +261,14 @@ fn notify_then_listen_receives_it_and_hands_back_the_rest() {
     // Notifications sent before any listener wait in their queue; --count 1 takes only the
     // first and hands the second back, so the next listener gets it.
     for n in 1..=2 {
-        let (_, stderr, code) = texts(&run(&[
-            "notify",
+        notify_ok(
             &url,
-            "--topic",
             &topic,
-            "--priority",
-            "info",
-            "--payload",
-            &format!("{{\"n\": {n}}}"),
-            "test.event",
-        ]));
-        assert_eq!(code, 0, "{stderr}");
+            &["--priority", "info", "--payload", &format!("{{\"n\": {n}}}"), "test.event"],
+        );
     }
     for n in 1..=2 {
-        let listener = Running::spawn(&[
-            "listen",
-            &url,
-            "--topic",
-            &topic,
-            "--priority",
-            "info",
-            "--count",
-            "1",
-            "--timeout",
-            "30",
-        ]);
+        let listener = listen_for_one(&url, &topic, &["--priority", "info"]);
         let (stdout, stderr, code) = listener.finish(START);
         assert_eq!(code, 0, "{stderr}");
         let got: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -280,41 +283,17 @@ fn notify_then_listen_receives_it_and_hands_back_the_rest() {
 
 #[test]
 fn listen_filters_and_prints_readable_lines() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-filter");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-filter") else {
+        return;
     };
     for event_type in ["image.upload", "compute.instance.reboot.end"] {
-        let (_, stderr, code) = texts(&run(&[
-            "notify",
-            &url,
-            "--topic",
-            &topic,
-            "--publisher-id",
-            "compute.host7",
-            event_type,
-            "instance_id=vm-7",
-        ]));
-        assert_eq!(code, 0, "{stderr}");
+        notify_ok(&url, &topic, &["--publisher-id", "compute.host7", event_type, "instance_id=vm-7"]);
     }
-    let listener = Running::spawn(&[
-        "listen",
+    let listener = listen_for_one(
         &url,
-        "--topic",
         &topic,
-        "--priority",
-        "info",
-        "--event-type",
-        r"compute\.instance\.",
-        "--format",
-        "pretty",
-        "--count",
-        "1",
-        "--timeout",
-        "30",
-    ]);
+        &["--priority", "info", "--event-type", r"compute\.instance\.", "--format", "pretty"],
+    );
     let (stdout, stderr, code) = listener.finish(START);
     assert_eq!(code, 0, "{stderr}");
     let line = stdout.trim();
@@ -356,11 +335,8 @@ fn authentication_failure_is_clear_and_keeps_the_password() {
 
 #[test]
 fn config_file_sets_url_and_control_exchange() {
-    let Some(url) = rabbit_url() else { return };
-    let topic = unique("oslo-msg-conf");
-    let _queues = Queues {
-        url: url.clone(),
-        prefix: topic.clone(),
+    let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-conf") else {
+        return;
     };
     // One fixed exchange name, so test runs leave at most this one exchange behind.
     let conf = std::env::temp_dir().join(format!("{topic}.conf"));
@@ -407,7 +383,5 @@ fn config_file_sets_url_and_control_exchange() {
 }
 
 fn serve_with_config(conf: &str, topic: &str) -> Running {
-    let mut running = Running::spawn(&["serve", "--config-file", conf, "--topic", topic, "--server", "conf-1"]);
-    running.wait_stderr("serving topic", START);
-    running
+    spawn_until_ready(&["serve", "--config-file", conf, "--topic", topic, "--server", "conf-1"])
 }

@@ -96,10 +96,16 @@ pub async fn purge_rabbit_queues(url: &str, prefixes: &[&str]) {
 
 /// Operator actions on RabbitMQ nodes for the fault, cluster and soak tests: `rabbitmqctl` on
 /// the machine's node or on a node of `scripts/rabbit-cluster.sh`, closing only the
-/// connections a test named itself (`connection_name`), and the process's resident memory.
+/// connections a test named itself (`connection_name`), listing and deleting queues, polling
+/// and `record` helpers for the traffic those tests send, and the process's resident memory.
 pub mod rabbit_ops {
     use std::path::PathBuf;
     use std::process::Command;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use oslo_core::{Endpoint, HandlerError, JsonMap, RpcClient};
+    use serde_json::Value;
 
     /// A RabbitMQ node a `rabbitmqctl` command goes to.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +225,117 @@ pub mod rabbit_ops {
         }
         let driver = std::sync::Arc::new(driver_rabbit::RabbitDriver::new(&url, &config).expect("driver builds"));
         (oslo_core::Transport::from_driver(driver.clone(), url, config), driver)
+    }
+
+    /// Log to the test's output at `RUST_LOG` (default `warn`); idempotent.
+    pub fn init_test_tracing() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+    }
+
+    /// Whether `check` comes true within `timeout`, polling every 100 ms.
+    pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An endpoint with one method, `record(value)`: hands `value` (null when missing) to
+    /// `record` and returns it.
+    pub fn record_endpoint(record: impl Fn(&Value) + Send + Sync + 'static) -> Endpoint {
+        let record = Arc::new(record);
+        Endpoint::new().method("record", move |_ctxt, args: JsonMap| {
+            let record = record.clone();
+            async move {
+                let value = args.get("value").cloned().unwrap_or(Value::Null);
+                record(&value);
+                Ok::<_, HandlerError>(value)
+            }
+        })
+    }
+
+    /// Call `record` (of [`record_endpoint`]) with a fresh value until a call returns it;
+    /// how long that took.
+    ///
+    /// # Panics
+    /// When calls still fail after `within`, or a reply is not the value sent.
+    pub async fn call_until_ok(client: &RpcClient, context: &JsonMap, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let probe = unique_name("probe");
+            match client.call(context, "record", serde_json::json!({ "value": probe })).await {
+                Ok(reply) => {
+                    assert_eq!(reply, Value::String(probe), "a reply to another call");
+                    return started.elapsed();
+                }
+                Err(err) => {
+                    assert!(started.elapsed() < within, "calls still failing after {within:?}: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// The output of a `rabbitmqctl` listing on `node` run with `--formatter json`.
+    ///
+    /// # Panics
+    /// When `rabbitmqctl` fails or prints no JSON.
+    pub async fn list_json(node: RabbitNode, args: &[&str]) -> Vec<Value> {
+        let text = rabbitmqctl_async(node, args).await.expect("rabbitmqctl list");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("rabbitmqctl {args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// The queues `node` knows (the cluster's, on a cluster node), each with its `name`,
+    /// `consumers` and `type`.
+    pub async fn queues_on(node: RabbitNode) -> Vec<Value> {
+        list_json(node, &["list_queues", "name", "consumers", "type", "--formatter", "json", "-q"]).await
+    }
+
+    /// A plain lapin connection to the first host of `url` that accepts one.
+    pub async fn raw_connection(url: &str) -> Result<lapin::Connection, String> {
+        let parsed = oslo_core::TransportUrl::parse(url).map_err(|e| e.to_string())?;
+        let mut why = format!("no host in {parsed}");
+        for broker in driver_rabbit::BrokerAddress::from_url(&parsed) {
+            match lapin::Connection::connect(&broker.expose_uri(false), lapin::ConnectionProperties::default()).await {
+                Ok(connection) => return Ok(connection),
+                Err(err) => why = err.to_string(),
+            }
+        }
+        Err(why)
+    }
+
+    /// Delete `queues` and `exchanges` (missing ones are fine) through the first host of `url`
+    /// that answers.
+    pub async fn delete_queues_and_exchanges(url: &str, queues: &[String], exchanges: &[String]) -> Result<(), String> {
+        let connection = raw_connection(url).await?;
+        // A channel each: deleting what is not there may close the channel.
+        for name in queues {
+            let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+            let _ = channel
+                .queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+        for name in exchanges {
+            let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+            let _ = channel
+                .exchange_delete(name.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, "OK".into()).await;
+        Ok(())
     }
 
     /// This process's resident set size in KiB (`VmRSS` of `/proc/self/status`), if readable.

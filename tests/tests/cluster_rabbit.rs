@@ -17,22 +17,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
-use oslo_core::{Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Target, TransportUrl};
+use driver_rabbit::RabbitDriver;
+use oslo_core::{Endpoint, Error, JsonMap, RpcClient, RpcServer, Target, Transport, TransportUrl};
 use oslo_tests::broker_url;
-use oslo_tests::rabbit_ops::{connections_named, rabbit_transport, rabbitmqctl, rabbitmqctl_async, unique_name, RabbitNode};
-use serde_json::{json, Value};
+use oslo_tests::rabbit_ops::{
+    connections_named, delete_queues_and_exchanges, eventually, init_test_tracing, queues_on, rabbit_transport, rabbitmqctl,
+    rabbitmqctl_async, record_endpoint, unique_name, RabbitNode,
+};
+use serde_json::json;
 
 /// The tests stop nodes: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The cluster's URL and its nodes in URL order, or `None` to skip.
 fn setup() -> Option<(String, Vec<(RabbitNode, u16)>)> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    init_test_tracing();
     let url = broker_url("rabbit-cluster", "OSLO_TEST_RABBIT_CLUSTER_URL")?;
     let parsed = TransportUrl::parse(&url).expect("OSLO_TEST_RABBIT_CLUSTER_URL parses");
     let nodes: Vec<(RabbitNode, u16)> = parsed
@@ -136,74 +135,71 @@ impl Handled {
 }
 
 fn recorder(handled: Arc<Handled>) -> Endpoint {
-    Endpoint::new().method("record", move |_ctxt, args: JsonMap| {
-        let handled = handled.clone();
-        async move {
-            let value = args.get("value").cloned().unwrap_or(Value::Null);
-            handled.record(value.as_str().unwrap_or_default().to_string());
-            Ok::<_, HandlerError>(value)
-        }
-    })
+    record_endpoint(move |value| handled.record(value.as_str().unwrap_or_default().to_string()))
 }
 
 async fn call_until_ok(client: &RpcClient, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        match client.call(&ctxt(), "record", json!({"value": unique_name("probe")})).await {
-            Ok(_) => return started.elapsed(),
-            Err(err) => {
-                assert!(started.elapsed() < within, "calls still failing after {within:?}: {err}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+    oslo_tests::rabbit_ops::call_until_ok(client, &ctxt(), within).await
+}
+
+/// A server (`s1`, recording into `handled`) and a client with `timeout`, on a topic and an
+/// exchange of their own (the tests do not depend on each other's declarations), with calls
+/// going through.
+struct Rig {
+    server_transport: Transport,
+    client_transport: Transport,
+    client_driver: Arc<RabbitDriver>,
+    handled: Arc<Handled>,
+    topic: String,
+    exchange: String,
+    target: Target,
+    server: RpcServer,
+    client: RpcClient,
+    reply_q: String,
+}
+
+impl Rig {
+    async fn start(url: &str, prefix: &str, timeout: Duration) -> Rig {
+        let topic = unique_name(prefix);
+        let (server_transport, _) = rabbit_transport(url, &[]);
+        let (client_transport, client_driver) = rabbit_transport(url, &[]);
+        let handled = Arc::new(Handled::default());
+        let exchange = unique_name(prefix);
+        let target = Target::new(&topic).with_exchange(&exchange);
+        let server = RpcServer::builder(server_transport.clone(), target.clone().with_server("s1"))
+            .endpoint(recorder(handled.clone()))
+            .start()
+            .await
+            .unwrap();
+        let client = RpcClient::new(client_transport.clone(), target.clone()).timeout(timeout);
+        call_until_ok(&client, Duration::from_secs(10)).await;
+        let reply_q = client_driver.reply_queue_name().unwrap().to_string();
+        Rig {
+            server_transport,
+            client_transport,
+            client_driver,
+            handled,
+            topic,
+            exchange,
+            target,
+            server,
+            client,
+            reply_q,
         }
     }
-}
 
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
+    /// Shut both down and delete their queues (and `more_queues`) and exchange through the
+    /// first host of `url` that answers.
+    async fn stop(self, url: &str, more_queues: impl IntoIterator<Item = String>) {
+        self.server.shutdown().await;
+        self.client_transport.cleanup().await;
+        self.server_transport.cleanup().await;
+        let topic = self.topic;
+        let mut queues = vec![topic.clone(), format!("{topic}.s1"), self.reply_q];
+        queues.extend(more_queues);
+        if let Err(why) = delete_queues_and_exchanges(url, &queues, &[self.exchange]).await {
+            eprintln!("test queues not deleted: {why}");
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn queues_on(node: RabbitNode) -> Vec<Value> {
-    let text = rabbitmqctl_async(node, &["list_queues", "name", "consumers", "type", "--formatter", "json", "-q"])
-        .await
-        .expect("list_queues");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("list_queues printed no JSON ({e}): {text}"))
-}
-
-/// Delete queues and exchanges (missing ones are fine) through the first node that answers.
-async fn delete_queues(url: &str, names: &[String], exchanges: &[String]) {
-    let parsed = TransportUrl::parse(url).unwrap();
-    for broker in driver_rabbit::BrokerAddress::from_url(&parsed) {
-        let Ok(connection) = Connection::connect(&broker.expose_uri(false), ConnectionProperties::default()).await else {
-            continue;
-        };
-        for name in names {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
-            }
-        }
-        for name in exchanges {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(name.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = connection.close(200, "OK".into()).await;
-        return;
     }
 }
 
@@ -271,25 +267,12 @@ async fn a_broker_restart_is_survived_without_restarting_client_or_server() {
     let (node, port) = nodes[2];
     let name = unique_name("cl-restart");
     let single = url_for(&url, &[port], &[("connection_name", &name)]);
-    let topic = unique_name("cl-restart");
-    let (server_transport, _) = rabbit_transport(&single, &[]);
-    let (client_transport, client_driver) = rabbit_transport(&single, &[]);
-    let handled = Arc::new(Handled::default());
-    // An exchange of its own: the tests do not depend on each other's declarations.
-    let exchange = unique_name("cl-restart");
-    let target = Target::new(&topic).with_exchange(&exchange);
-    let server = RpcServer::builder(server_transport.clone(), target.clone().with_server("s1"))
-        .endpoint(recorder(handled.clone()))
-        .start()
-        .await
-        .unwrap();
     let timeout = Duration::from_secs(4);
-    let client = RpcClient::new(client_transport.clone(), target).timeout(timeout);
-    call_until_ok(&client, Duration::from_secs(10)).await;
-    let reply_q = client_driver.reply_queue_name().unwrap().to_string();
+    let rig = Rig::start(&single, "cl-restart", timeout).await;
+    let (client, client_driver, topic, reply_q) = (&rig.client, &rig.client_driver, &rig.topic, &rig.reply_q);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let callers = spawn_callers(&client, timeout, 4, &stop);
+    let callers = spawn_callers(client, timeout, 4, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stopped = RestartOnDrop::stop(node).await;
     eprintln!("{} stopped", node.name());
@@ -299,7 +282,7 @@ async fn a_broker_restart_is_survived_without_restarting_client_or_server() {
     eprintln!("{} started again", node.name());
 
     // The same client and server, untouched: calls work again within a few seconds.
-    let resumed = call_until_ok(&client, Duration::from_secs(20)).await;
+    let resumed = call_until_ok(client, Duration::from_secs(20)).await;
     eprintln!("calls work again {resumed:?} after the broker came back");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -344,10 +327,7 @@ async fn a_broker_restart_is_survived_without_restarting_client_or_server() {
         .await
         .expect("server-targeted call after the restart");
 
-    server.shutdown().await;
-    client_transport.cleanup().await;
-    server_transport.cleanup().await;
-    delete_queues(&single, &[topic.clone(), format!("{topic}.s1"), reply_q], &[exchange]).await;
+    rig.stop(&single, []).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +335,6 @@ async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_no
     let Some((url, nodes)) = setup() else { return };
     let _serial = SERIAL.lock().await;
     let name = unique_name("cl-quorum");
-    let topic = unique_name("cl-quorum");
     let ports: Vec<u16> = nodes.iter().map(|(_, port)| *port).collect();
     let options = [
         ("connection_name", name.as_str()),
@@ -363,24 +342,17 @@ async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_no
         ("rabbit_transient_quorum_queue", "true"),
     ];
     let cluster = url_for(&url, &ports, &options);
-    let (server_transport, _) = rabbit_transport(&cluster, &[]);
-    let (client_transport, client_driver) = rabbit_transport(&cluster, &[]);
-    let handled = Arc::new(Handled::default());
-    let exchange = unique_name("cl-quorum");
-    let target = Target::new(&topic).with_exchange(&exchange);
-    let server = RpcServer::builder(server_transport.clone(), target.clone().with_server("s1"))
-        .endpoint(recorder(handled.clone()))
-        .start()
-        .await
-        .unwrap();
     let timeout = Duration::from_secs(15);
-    let client = RpcClient::new(client_transport.clone(), target.clone()).timeout(timeout);
-    call_until_ok(&client, Duration::from_secs(10)).await;
-    let reply_q = client_driver.reply_queue_name().unwrap().to_string();
+    let rig = Rig::start(&cluster, "cl-quorum", timeout).await;
+    let (client, handled, topic, reply_q) = (&rig.client, &rig.handled, &rig.topic, &rig.reply_q);
     let queue_types: HashMap<String, String> = queues_on(nodes[0].0)
         .await
         .into_iter()
-        .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(topic.as_str()) || n == reply_q))
+        .filter(|q| {
+            q["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(topic.as_str()) || n == reply_q.as_str())
+        })
         .map(|q| {
             (
                 q["name"].as_str().unwrap().to_string(),
@@ -406,7 +378,7 @@ async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_no
     let victim = victim.expect("our connections are on some node");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let callers = spawn_callers(&client, timeout, 4, &stop);
+    let callers = spawn_callers(client, timeout, 4, &stop);
     let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
     let casters: Vec<_> = (0..2)
         .map(|worker| {
@@ -442,7 +414,7 @@ async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_no
     let victim_port = nodes.iter().find(|(n, _)| *n == victim).unwrap().1;
     let failover = url_for(&url, &[victim_port, other_port], &options);
     let (fresh_transport, fresh_driver) = rabbit_transport(&failover, &[]);
-    let fresh = RpcClient::new(fresh_transport.clone(), target).timeout(Duration::from_secs(10));
+    let fresh = RpcClient::new(fresh_transport.clone(), rig.target.clone()).timeout(Duration::from_secs(10));
     let took = call_until_ok(&fresh, Duration::from_secs(20)).await;
     eprintln!(
         "a new client with the stopped node first in its URL called through {} in {took:?}",
@@ -505,12 +477,8 @@ async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_no
     );
 
     stopped.start().await;
-    server.shutdown().await;
-    client_transport.cleanup().await;
     fresh_transport.cleanup().await;
-    server_transport.cleanup().await;
-    let mut queues = vec![topic.clone(), format!("{topic}.s1"), reply_q];
-    queues.extend(fresh_driver.reply_queue_name().map(str::to_string));
-    queues.extend(queue_types.keys().filter(|n| n.contains("_fanout_")).cloned());
-    delete_queues(&cluster, &queues, &[exchange]).await;
+    let mut more_queues: Vec<String> = fresh_driver.reply_queue_name().map(str::to_string).into_iter().collect();
+    more_queues.extend(queue_types.keys().filter(|n| n.contains("_fanout_")).cloned());
+    rig.stop(&cluster, more_queues).await;
 }

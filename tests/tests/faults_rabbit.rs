@@ -15,11 +15,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use oslo_core::{codec, Endpoint, Error, HandlerError, JsonMap, Retry, RpcClient, RpcServer, Target, TransportUrl};
-use oslo_tests::rabbit_ops::{close_connections_named, connections_named, rabbit_transport, rabbitmqctl_async, unique_name, RabbitNode};
+use lapin::{BasicProperties, Connection};
+use oslo_core::{codec, Endpoint, Error, JsonMap, Retry, RpcClient, RpcServer, Target, TransportUrl};
+use oslo_tests::rabbit_ops::{
+    close_connections_named, connections_named, delete_queues_and_exchanges, eventually, init_test_tracing, list_json, queues_on,
+    rabbit_transport, rabbitmqctl_async, record_endpoint, unique_name, RabbitNode,
+};
 use oslo_tests::{broker_required, broker_url};
 use serde_json::{json, Value};
 
@@ -28,10 +31,7 @@ const LOCAL: RabbitNode = RabbitNode::Local;
 /// The broker URL, or `None` when the test must skip (no URL, or no usable `rabbitmqctl`,
 /// which is a failure when `OSLO_REQUIRE_BROKERS` names rabbit).
 async fn setup() -> Option<String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    init_test_tracing();
     let url = broker_url("rabbit", "OSLO_TEST_RABBIT_URL")?;
     if let Err(why) = rabbitmqctl_async(LOCAL, &["status", "-q"]).await {
         assert!(!broker_required("rabbit"), "rabbitmqctl is needed to break connections: {why}");
@@ -75,86 +75,44 @@ fn value_key(value: &Value) -> String {
 
 /// `record(value)` counts the value and returns it.
 fn recorder(tally: Arc<Tally>) -> Endpoint {
-    Endpoint::new().method("record", move |_ctxt, args: JsonMap| {
-        let tally = tally.clone();
-        async move {
-            let value = args.get("value").cloned().unwrap_or(Value::Null);
-            tally.record(&value);
-            Ok::<_, HandlerError>(value)
-        }
-    })
+    record_endpoint(move |value| tally.record(value))
+}
+
+/// A server for `target` whose `record` counts into `tally`.
+async fn recording_server(transport: &oslo_core::Transport, target: Target, tally: &Arc<Tally>) -> RpcServer {
+    RpcServer::builder(transport.clone(), target)
+        .endpoint(recorder(tally.clone()))
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn call_until_ok(client: &RpcClient, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        match client.call(&ctxt(), "record", json!({"value": "probe"})).await {
-            Ok(value) => {
-                assert_eq!(value, json!("probe"));
-                return started.elapsed();
-            }
-            Err(err) => {
-                assert!(started.elapsed() < within, "calls still failing after {within:?}: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn list_json(args: &[&str]) -> Vec<Value> {
-    let text = rabbitmqctl_async(LOCAL, args).await.expect("rabbitmqctl list");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("rabbitmqctl {args:?} printed no JSON ({e}): {text}"))
+    oslo_tests::rabbit_ops::call_until_ok(client, &ctxt(), within).await
 }
 
 async fn queues() -> Vec<Value> {
-    list_json(&["list_queues", "name", "consumers", "--formatter", "json", "-q"]).await
+    queues_on(LOCAL).await
 }
 
 async fn bindings() -> Vec<Value> {
-    list_json(&[
-        "list_bindings",
-        "source_name",
-        "destination_name",
-        "routing_key",
-        "--formatter",
-        "json",
-        "-q",
-    ])
+    list_json(
+        LOCAL,
+        &[
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "routing_key",
+            "--formatter",
+            "json",
+            "-q",
+        ],
+    )
     .await
 }
 
 async fn raw_connection(url: &str) -> Connection {
-    let parsed = TransportUrl::parse(url).expect("test URL parses");
-    let broker = driver_rabbit::BrokerAddress::from_url(&parsed).remove(0);
-    Connection::connect(&broker.expose_uri(false), ConnectionProperties::default())
-        .await
-        .expect("raw lapin connection")
-}
-
-async fn delete_queues(url: &str, names: &[String]) {
-    let connection = raw_connection(url).await;
-    for name in names {
-        let channel = connection.create_channel().await.expect("channel");
-        let _ = channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    let _ = connection.close(200, "OK".into()).await;
+    oslo_tests::rabbit_ops::raw_connection(url).await.expect("raw lapin connection")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,13 +122,7 @@ async fn confirmed_casts_are_never_lost_across_connection_breaks() {
     // many handled requests whose ack never reached it; it delivers them again. oslo's
     // 16-entry `_unique_id` window let most of those run twice; ours
     // (`DEFAULT_DUPLICATE_WINDOW`) must catch them all, and nothing may be lost.
-    let duplicates = casts_across_connection_breaks(&url, "0").await;
-    assert!(
-        duplicates.is_empty(),
-        "with no prefetch limit, {} redelivered casts were handled twice: {:?}",
-        duplicates.len(),
-        &duplicates[..duplicates.len().min(10)]
-    );
+    casts_across_connection_breaks(&url, "0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,20 +130,14 @@ async fn with_a_bounded_prefetch_no_redelivered_cast_is_handled_twice() {
     let Some(url) = setup().await else { return };
     // At most 8 unacknowledged requests: every redelivery after a break is within the
     // `_unique_id` window, and dropped; so is a cast re-published after a lost confirm.
-    let duplicates = casts_across_connection_breaks(&url, "8").await;
-    assert!(
-        duplicates.is_empty(),
-        "{} casts handled twice: {:?}",
-        duplicates.len(),
-        &duplicates[..duplicates.len().min(10)]
-    );
+    casts_across_connection_breaks(&url, "8").await;
 }
 
 /// Casts flow from five casters (three retrying forever, two with `retry=0`) while the
 /// client's and the server's connections are broken three times. Every confirmed cast must be
-/// handled; a cast that was not confirmed must have failed with `MessageDeliveryFailure`.
-/// Returns the casts handled more than once.
-async fn casts_across_connection_breaks(url: &str, prefetch: &str) -> Vec<(String, u32)> {
+/// handled; a cast that was not confirmed must have failed with `MessageDeliveryFailure`; no
+/// cast may be handled twice (prefetch `"0"` is no limit).
+async fn casts_across_connection_breaks(url: &str, prefetch: &str) {
     let topic = unique_name("flt-casts");
     let server_name = unique_name("flt-casts-srv");
     let client_name = unique_name("flt-casts-cli");
@@ -199,11 +145,7 @@ async fn casts_across_connection_breaks(url: &str, prefetch: &str) -> Vec<(Strin
     let (server_transport, _) = rabbit_transport(url, &server_options);
     let (client_transport, _) = rabbit_transport(url, &[("connection_name", &client_name)]);
     let tally = Arc::new(Tally::default());
-    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
-        .endpoint(recorder(tally.clone()))
-        .start()
-        .await
-        .unwrap();
+    let server = recording_server(&server_transport, Target::new(&topic).with_server("s1"), &tally).await;
     let client = RpcClient::new(client_transport.clone(), Target::new(&topic));
     client.cast(&ctxt(), "record", json!({"value": "first"})).await.unwrap();
 
@@ -298,7 +240,13 @@ async fn casts_across_connection_breaks(url: &str, prefetch: &str) -> Vec<(Strin
     client_transport.cleanup().await;
     server_transport.cleanup().await;
     oslo_tests::purge_rabbit_queues(url, &[topic.as_str()]).await;
-    tally.duplicates()
+    let duplicates = tally.duplicates();
+    assert!(
+        duplicates.is_empty(),
+        "prefetch {prefetch}: {} redelivered casts were handled twice: {:?}",
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(10)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,11 +257,7 @@ async fn a_server_restores_its_queues_bindings_and_consumers_by_itself() {
     let (server_transport, _) = rabbit_transport(&url, &[("connection_name", &server_name)]);
     let (client_transport, _) = rabbit_transport(&url, &[]);
     let tally = Arc::new(Tally::default());
-    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
-        .endpoint(recorder(tally.clone()))
-        .start()
-        .await
-        .unwrap();
+    let server = recording_server(&server_transport, Target::new(&topic).with_server("s1"), &tally).await;
     let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(5));
     call_until_ok(&client, Duration::from_secs(5)).await;
     let fanout_queue = queues()
@@ -329,7 +273,9 @@ async fn a_server_restores_its_queues_bindings_and_consumers_by_itself() {
     // fanout exchange, auto-delete, goes with its only queue) and so every binding.
     let closed = close_connections_named(LOCAL, &server_name).await.unwrap();
     assert!(closed >= 1, "no server connection to break");
-    delete_queues(&url, &server_queues).await;
+    delete_queues_and_exchanges(&url, &server_queues, &[])
+        .await
+        .expect("the server's queues deleted");
     let broken_at = Instant::now();
 
     let fanout_exchange = format!("{topic}_fanout");
@@ -445,11 +391,7 @@ async fn a_redelivered_duplicate_after_a_reconnect_is_dropped_by_unique_id() {
     let server_name = unique_name("flt-dup-srv");
     let (server_transport, _) = rabbit_transport(&url, &[("connection_name", &server_name)]);
     let tally = Arc::new(Tally::default());
-    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
-        .endpoint(recorder(tally.clone()))
-        .start()
-        .await
-        .unwrap();
+    let server = recording_server(&server_transport, Target::new(&topic).with_server("s1"), &tally).await;
     let publisher = raw_connection(&url).await;
     let wait_for = |value: &'static str, n: u32| {
         let tally = tally.clone();
@@ -526,11 +468,7 @@ async fn a_multi_host_url_with_a_dead_first_host_keeps_working_across_reconnects
     let (client_transport, client_driver) = rabbit_transport(&failover, &options);
     assert_eq!(client_driver.brokers().len(), 2);
     let tally = Arc::new(Tally::default());
-    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
-        .endpoint(recorder(tally.clone()))
-        .start()
-        .await
-        .unwrap();
+    let server = recording_server(&server_transport, Target::new(&topic).with_server("s1"), &tally).await;
     let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(5));
     let took = call_until_ok(&client, Duration::from_secs(10)).await;
     eprintln!("first call through the second host after {took:?}");
@@ -573,11 +511,7 @@ async fn a_server_keeps_consuming_when_its_exchange_exists_with_another_durabili
     let (client_transport, _) = rabbit_transport(&url, &[("amqp_durable_queues", "true")]);
     let tally = Arc::new(Tally::default());
     let target = Target::new(&topic).with_exchange(&exchange);
-    let server = RpcServer::builder(server_transport.clone(), target.clone().with_server("s1"))
-        .endpoint(recorder(tally.clone()))
-        .start()
-        .await
-        .unwrap();
+    let server = recording_server(&server_transport, target.clone().with_server("s1"), &tally).await;
     // The listener's connection stays the one it started with.
     let listener = connections_named(LOCAL, &server_name).await.unwrap();
     assert_eq!(listener.len(), 1, "one listener connection: {listener:?}");

@@ -1,8 +1,9 @@
 //! Helpers shared by the broker tests. Every broker test is gated on `OSLO_TEST_RABBIT_URL`.
 #![allow(dead_code, missing_docs)]
 
+use std::io::Write;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use driver_rabbit::{BrokerAddress, RabbitDriver};
@@ -26,18 +27,50 @@ pub fn broker_required() -> bool {
 #[macro_export]
 macro_rules! require_broker {
     () => {
-        match common::broker_url() {
+        match common::broker_url_or_skip() {
             Some(url) => {
                 common::init_tracing();
                 url
             }
-            None if common::broker_required() => panic!("OSLO_TEST_RABBIT_URL is not set but OSLO_REQUIRE_BROKERS names rabbit"),
-            None => {
-                eprintln!("skipping: OSLO_TEST_RABBIT_URL not set");
-                return;
-            }
+            None => return,
         }
     };
+}
+
+/// The broker URL, or `None` after printing the skip notice; a failure instead when
+/// `OSLO_REQUIRE_BROKERS` names `rabbit`. Installs no subscriber, unlike [`require_broker!`]
+/// (for tests that install their own).
+pub fn broker_url_or_skip() -> Option<String> {
+    let url = broker_url();
+    if url.is_none() {
+        assert!(
+            !broker_required(),
+            "OSLO_TEST_RABBIT_URL is not set but OSLO_REQUIRE_BROKERS names rabbit"
+        );
+        eprintln!("skipping: OSLO_TEST_RABBIT_URL not set");
+    }
+    url
+}
+
+/// A `tracing` writer that keeps everything written to it, for tests that search the logs.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// All that was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn init_tracing() {

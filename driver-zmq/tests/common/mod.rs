@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use driver_zmq::ZmqDriver;
-use oslo_core::{Endpoint, HandlerError, JsonMap, Transport, TransportConfig, TransportUrl};
+use oslo_core::{Endpoint, HandlerError, JsonMap, RpcClient, RpcServer, Target, Transport, TransportConfig, TransportUrl};
 use serde_json::Value;
 
 /// The Redis matchmaker URL, or `None` (the test then prints the skip notice and returns).
@@ -85,8 +85,30 @@ pub fn endpoint(name: &str) -> Endpoint {
         .method("pid", |_c, _a: Value| async move { Ok::<_, HandlerError>(std::process::id()) })
 }
 
-/// Delete every Redis key under `prefix` (the tests give each run its own prefix).
-pub async fn delete_redis_keys(url: &str, prefix: &str) {
+/// A server `name` on `topic` serving [`endpoint`], over a transport of its own.
+pub async fn start_server(url: &str, topic: &str, name: &str) -> (Transport, RpcServer) {
+    let transport = transport(url);
+    let server = RpcServer::builder(transport.clone(), Target::new(topic).with_server(name))
+        .endpoint(endpoint(name))
+        .start()
+        .await
+        .expect("server starts");
+    (transport, server)
+}
+
+/// A call to `whoami` of server `server` (through `client`'s topic) is answered by it.
+pub async fn assert_targeted_call_reaches(client: &RpcClient, context: &JsonMap, server: &str) {
+    let reply = client
+        .prepare()
+        .server(server)
+        .call(context, "whoami", serde_json::json!({}))
+        .await
+        .expect("targeted call");
+    assert_eq!(reply, Value::String(server.to_string()));
+}
+
+/// A connection to the Redis server of a `zmq+redis://` URL (its first host).
+async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let parsed = TransportUrl::parse(url).expect("URL parses");
     let host = parsed
         .hosts
@@ -94,10 +116,14 @@ pub async fn delete_redis_keys(url: &str, prefix: &str) {
         .and_then(|h| h.hostname.clone())
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = parsed.hosts.first().and_then(|h| h.port).unwrap_or(6379);
-    let Ok(client) = redis::Client::open(format!("redis://{host}:{port}/")) else {
-        return;
-    };
-    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+    redis::Client::open(format!("redis://{host}:{port}/"))?
+        .get_multiplexed_async_connection()
+        .await
+}
+
+/// Delete every Redis key under `prefix` (the tests give each run its own prefix).
+pub async fn delete_redis_keys(url: &str, prefix: &str) {
+    let Ok(mut connection) = redis_connection(url).await else {
         return;
     };
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -112,15 +138,7 @@ pub async fn delete_redis_keys(url: &str, prefix: &str) {
 
 /// The members of a Redis sorted set `key`.
 pub async fn redis_members(url: &str, key: &str) -> Vec<String> {
-    let parsed = TransportUrl::parse(url).expect("URL parses");
-    let host = parsed
-        .hosts
-        .first()
-        .and_then(|h| h.hostname.clone())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = parsed.hosts.first().and_then(|h| h.port).unwrap_or(6379);
-    let client = redis::Client::open(format!("redis://{host}:{port}/")).expect("redis client");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let mut connection = redis_connection(url).await.expect("redis connection");
     redis::cmd("ZRANGE")
         .arg(key)
         .arg(0)
@@ -132,15 +150,7 @@ pub async fn redis_members(url: &str, key: &str) -> Vec<String> {
 
 /// The PTTL of a Redis key (ms; -1 without expiry, -2 when missing).
 pub async fn redis_pttl(url: &str, key: &str) -> i64 {
-    let parsed = TransportUrl::parse(url).expect("URL parses");
-    let host = parsed
-        .hosts
-        .first()
-        .and_then(|h| h.hostname.clone())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = parsed.hosts.first().and_then(|h| h.port).unwrap_or(6379);
-    let client = redis::Client::open(format!("redis://{host}:{port}/")).expect("redis client");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let mut connection = redis_connection(url).await.expect("redis connection");
     redis::cmd("PTTL").arg(key).query_async(&mut connection).await.expect("PTTL")
 }
 
