@@ -317,7 +317,7 @@ impl Driver for FakeDriver {
             self.bus.queue(&exchange, &topic),
             fanout,
         ];
-        Ok(Box::new(FakeListener::new(self.bus.clone(), queues, true)))
+        Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -330,7 +330,7 @@ impl Driver for FakeDriver {
                 queues.push(queue);
             }
         }
-        Ok(Box::new(FakeListener::new(self.bus.clone(), queues, false)))
+        Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
     }
 
     async fn cleanup(&self) {}
@@ -343,12 +343,10 @@ struct FakeListener {
     queues: Vec<Arc<Queue>>,
     notify: Arc<Notify>,
     stopped: bool,
-    rpc: bool,
-    duplicates: codec::DuplicateFilter,
 }
 
 impl FakeListener {
-    fn new(bus: Arc<Bus>, queues: Vec<Arc<Queue>>, rpc: bool) -> Self {
+    fn new(bus: Arc<Bus>, queues: Vec<Arc<Queue>>) -> Self {
         let notify = Arc::new(Notify::new());
         for queue in &queues {
             queue.subscribe(&notify);
@@ -358,8 +356,6 @@ impl FakeListener {
             queues,
             notify,
             stopped: false,
-            rpc,
-            duplicates: codec::DuplicateFilter::default(),
         }
     }
 
@@ -373,14 +369,6 @@ impl FakeListener {
                         continue;
                     }
                 };
-                if self.rpc {
-                    if let Some(unique_id) = &decoded.unique_id {
-                        if !self.duplicates.check_and_add(unique_id) {
-                            tracing::info!(%unique_id, "ignoring duplicate message");
-                            continue;
-                        }
-                    }
-                }
                 return Some(Box::new(FakeIncoming {
                     bus: self.bus.clone(),
                     queue: queue.clone(),
@@ -458,6 +446,7 @@ impl IncomingMessage for FakeIncoming {
         self.request.msg_id.is_some()
     }
 
+    // The RPC server drops repeated ids itself (one window per server, core's DuplicateFilter).
     fn unique_id(&self) -> Option<&str> {
         self.request.unique_id.as_deref()
     }

@@ -122,6 +122,41 @@ async fn malformed_messages_are_dropped_and_the_server_keeps_serving() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_redelivered_unique_id_is_handled_once() {
+    let t = transport("redelivered");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let server = RpcServer::builder(t.clone(), Target::new("redo").with_server("s"))
+        .endpoint(Endpoint::new().method("count", {
+            let handled = handled.clone();
+            move |_c: JsonMap, _a: Value| {
+                let handled = handled.clone();
+                async move {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            }
+        }))
+        .start()
+        .await
+        .unwrap();
+    // The same cast body twice, as a broker redelivers after a lost acknowledgement, then one
+    // with a new `_unique_id`.
+    let message: JsonMap = serde_json::from_value(json!({"method": "count", "args": {}})).unwrap();
+    let cast = |unique_id: &str| {
+        oslo_messaging::codec::encode_envelope(&oslo_messaging::codec::encode_request(&message, &JsonMap::new(), None, unique_id)).unwrap()
+    };
+    driver_fake_inject("rpc-api-redelivered", "redo", cast("id-1"));
+    driver_fake_inject("rpc-api-redelivered", "redo", cast("id-1"));
+    driver_fake_inject("rpc-api-redelivered", "redo", cast("id-2"));
+    let client = RpcClient::new(t, Target::new("redo")).timeout(Duration::from_secs(5));
+    client.call(&JsonMap::new(), "count", json!({})).await.unwrap();
+    // Handlers run concurrently: let the casts finish before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 3, "id-1 once, id-2 once, the call once");
+    server.shutdown().await;
+}
+
 fn driver_fake_inject(bus: &str, queue: &str, body: Vec<u8>) {
     oslo_messaging::driver_fake::inject_raw(bus, "openstack", queue, body);
 }
