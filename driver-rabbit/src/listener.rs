@@ -189,7 +189,7 @@ impl ReturnedReplies for Replier {
 
 #[derive(Debug)]
 enum Kind {
-    Rpc { replier: Arc<Replier>, recent: Arc<RecentIds> },
+    Rpc { replier: Arc<Replier> },
     Notification { recent: Arc<RecentIds> },
 }
 
@@ -219,6 +219,14 @@ impl IncomingMessage for RabbitIncoming {
 
     fn expects_reply(&self) -> bool {
         matches!(self.kind, Kind::Rpc { .. }) && self.request.msg_id.is_some()
+    }
+
+    fn unique_id(&self) -> Option<&str> {
+        match self.kind {
+            Kind::Rpc { .. } => self.request.unique_id.as_deref(),
+            // Notification listeners check theirs on receive and record it on acknowledge.
+            Kind::Notification { .. } => None,
+        }
     }
 
     async fn reply(&self, outcome: std::result::Result<Value, RemoteError>) -> Result<()> {
@@ -251,12 +259,9 @@ impl IncomingMessage for RabbitIncoming {
         match &self.kind {
             // RPC requests: queue the ack and go on (at-most-once, acked before dispatch);
             // waiting for the I/O thread would add to every call's latency.
-            Kind::Rpc { recent, .. } => ack_now(&self.channel, self.delivery_tag).map_err(|_| {
-                if let Some(unique_id) = &self.request.unique_id {
-                    recent.forget(unique_id);
-                }
-                closed()
-            }),
+            // A failed ack is reported to the RPC server, which then forgets the id so that the
+            // broker's redelivery runs instead of being taken for a duplicate.
+            Kind::Rpc { .. } => ack_now(&self.channel, self.delivery_tag).map_err(|_| closed()),
             Kind::Notification { recent } => {
                 self.channel
                     .basic_ack(self.delivery_tag, BasicAckOptions::default())
@@ -304,11 +309,11 @@ fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option
 }
 
 /// Turns RPC request deliveries into incoming messages (oslo `RpcAMQPListener`).
+///
+/// Duplicates are left to the RPC server, which drops a repeated `_unique_id` (see
+/// `RabbitIncoming::unique_id`).
 pub(crate) struct RpcHandler {
     outbox: Outbox,
-    /// Ids recorded on receive (oslo); forgotten again when the ack fails (the channel died),
-    /// so that the broker's redelivery runs instead of being taken for a duplicate.
-    recent: Arc<RecentIds>,
     replier: Arc<Replier>,
 }
 
@@ -317,20 +322,12 @@ impl DeliveryHandler for RpcHandler {
         let Some(request) = decode_or_drop(queue, channel, &delivery) else {
             return;
         };
-        if let Some(unique_id) = &request.unique_id {
-            if !self.recent.check_and_add(unique_id) {
-                tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
-                let _ = ack_now(channel, delivery.delivery_tag);
-                return;
-            }
-        }
         let message = RabbitIncoming {
             request,
             channel: channel.clone(),
             delivery_tag: delivery.delivery_tag,
             kind: Kind::Rpc {
                 replier: self.replier.clone(),
-                recent: self.recent.clone(),
             },
             replied: AtomicBool::new(false),
         };
@@ -407,11 +404,7 @@ impl RabbitListener {
     }
 
     pub(crate) fn rpc_handler(outbox: Outbox, replier: Arc<Replier>) -> RpcHandler {
-        RpcHandler {
-            outbox,
-            recent: Arc::new(RecentIds::new(DUPLICATE_WINDOW)),
-            replier,
-        }
+        RpcHandler { outbox, replier }
     }
 
     pub(crate) fn notification_handler(outbox: Outbox) -> NotificationHandler {

@@ -26,8 +26,9 @@ pub(crate) fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-/// The last unique ids a listener saw, shared between its consumer task and its messages
-/// (oslo `_MsgIdCache`): core's [`DuplicateFilter`] behind a lock.
+/// The last unique ids a notification listener acknowledged, shared between its consumer task
+/// and its messages (oslo `_MsgIdCache`): core's [`DuplicateFilter`] behind a lock. (RPC
+/// servers keep their own window in core.)
 #[derive(Debug)]
 pub(crate) struct RecentIds(Mutex<DuplicateFilter>);
 
@@ -42,16 +43,6 @@ impl RecentIds {
 
     pub(crate) fn contains(&self, id: &str) -> bool {
         self.window().contains(id)
-    }
-
-    /// Record `id`; false when it was already there (a duplicate).
-    pub(crate) fn check_and_add(&self, id: &str) -> bool {
-        self.window().check_and_add(id)
-    }
-
-    /// Forget `id`, so that a redelivery of it is taken again.
-    pub(crate) fn forget(&self, id: &str) {
-        self.window().forget(id);
     }
 
     pub(crate) fn add(&self, id: &str) {
