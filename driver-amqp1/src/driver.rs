@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::address::{rabbit_direct_address, rabbit_queue_address, style_for, AddressStyle, Addresser, Peer};
 use crate::config::{AddressingMode, Amqp1Config};
 use crate::connect::{transport, Broker, Connector, Opened};
-use crate::listener::{Amqp1Listener, LinkPlan, LinkSpec, Received, ReceiverSet, Source0};
+use crate::listener::{Amqp1Listener, LinkPlan, LinkSource, LinkSpec, Received, ReceiverSet};
 use crate::rabbit_admin::RabbitAdmin;
 use crate::{wire, DRIVER_NAME, SCHEMES};
 
@@ -155,24 +155,25 @@ impl Shared {
         if self.notification_queues.lock().expect("queue set").contains(name) {
             return Ok(());
         }
-        let broker = self.last_broker().unwrap_or_else(|| self.connector.brokers()[0].clone());
-        self.admin.declare_shared_queue(&broker, name, name).await?;
+        self.admin.declare_shared_queue(&self.admin_broker(), name, name).await?;
         self.notification_queues.lock().expect("queue set").insert(name.to_string());
         Ok(())
     }
 
-    /// The broker of the most recent connection.
-    pub fn last_broker(&self) -> Option<Broker> {
-        self.last_broker.lock().expect("broker").clone()
+    /// Where the AMQP 0-9-1 housekeeping goes: the broker of the most recent connection, else
+    /// the URL's first.
+    pub fn admin_broker(&self) -> Broker {
+        let last = self.last_broker.lock().expect("broker").clone();
+        last.unwrap_or_else(|| self.connector.brokers()[0].clone())
     }
 
-    async fn peer(&self, retry: Retry) -> Result<(Peer, Addresser)> {
-        if let Some((peer, addresser)) = self.peer.get() {
-            return Ok((*peer, addresser.clone()));
+    /// The peer and its addresser, connecting first if no connection was made yet.
+    async fn peer(&self, retry: Retry) -> Result<(Peer, &Addresser)> {
+        if self.peer.get().is_none() {
+            self.sends.ensure_connected(self, retry).await?;
         }
-        self.sends.ensure_connected(self, retry).await?;
         let (peer, addresser) = self.peer.get().expect("peer learned on connect");
-        Ok((*peer, addresser.clone()))
+        Ok((*peer, addresser))
     }
 
     /// The link address a send to `target` uses.
@@ -231,10 +232,10 @@ impl Shared {
                 (
                     Some(queue.clone()),
                     Some(rabbit_direct_address(&queue)),
-                    Source0::RabbitPrivate(queue.clone(), queue),
+                    LinkSource::RabbitPrivate(queue.clone(), queue),
                 )
             }
-            Peer::Generic => (None, None, Source0::Dynamic),
+            Peer::Generic => (None, None, LinkSource::Dynamic),
         };
         let plan: LinkPlan = Arc::new(move |_, _| {
             vec![LinkSpec {
@@ -377,15 +378,10 @@ impl SendLinks {
         let (outcome, generation) = {
             let mut state = self.state.lock().await;
             if state.as_ref().is_some_and(LiveSend::is_dead) {
-                if let Some(live) = state.take() {
-                    tokio::spawn(live.opened.close());
-                }
+                discard(&mut state);
             }
             if state.is_none() {
-                match self.connect(shared, retry).await {
-                    Ok(live) => *state = Some(live),
-                    Err(err) => return Err(err),
-                }
+                *state = Some(self.connect(shared, retry).await?);
             }
             let live = state.as_mut().expect("connected");
             live.purge_idle(Amqp1Config::secs(shared.config.default_sender_link_timeout));
@@ -396,9 +392,7 @@ impl SendLinks {
                     }
                     Err(err) => {
                         // An attach error ends the whole session on RabbitMQ: start afresh.
-                        if let Some(live) = state.take() {
-                            tokio::spawn(live.opened.close());
-                        }
+                        discard(&mut state);
                         return Ok(Attempt::Broken(err.to_string()));
                     }
                 }
@@ -409,9 +403,7 @@ impl SendLinks {
             match sender.send_batchable_ref(sendable).await {
                 Ok(outcome) => (outcome, generation),
                 Err(err) => {
-                    if let Some(live) = state.take() {
-                        tokio::spawn(live.opened.close());
-                    }
+                    discard(&mut state);
                     return Ok(Attempt::Broken(err.to_string()));
                 }
             }
@@ -430,11 +422,7 @@ impl SendLinks {
                             _ => true,
                         };
                         if dead {
-                            if state.as_ref().is_some_and(|live| live.generation == generation) {
-                                if let Some(live) = state.take() {
-                                    tokio::spawn(live.opened.close());
-                                }
-                            }
+                            discard_generation(&mut state, generation);
                             return Ok(Attempt::Broken("connection lost while waiting for the disposition".into()));
                         }
                     }
@@ -459,12 +447,7 @@ impl SendLinks {
                 retryable: false,
             }),
             Err(err) => {
-                let mut state = self.state.lock().await;
-                if state.as_ref().is_some_and(|live| live.generation == generation) {
-                    if let Some(live) = state.take() {
-                        tokio::spawn(live.opened.close());
-                    }
-                }
+                discard_generation(&mut *self.state.lock().await, generation);
                 Ok(Attempt::Broken(err.to_string()))
             }
         }
@@ -477,6 +460,20 @@ impl SendLinks {
             }
             live.opened.close().await;
         }
+    }
+}
+
+/// Forget the send connection and close it in the background: the next attempt reconnects.
+fn discard(state: &mut Option<LiveSend>) {
+    if let Some(live) = state.take() {
+        tokio::spawn(live.opened.close());
+    }
+}
+
+/// [`discard`], unless the connection was already replaced since `generation` was used.
+fn discard_generation(state: &mut Option<LiveSend>, generation: u64) {
+    if state.as_ref().is_some_and(|live| live.generation == generation) {
+        discard(state);
     }
 }
 
@@ -563,7 +560,7 @@ impl Driver for Amqp1Driver {
         let shared = &self.shared;
         shared.closed.store(false, std::sync::atomic::Ordering::SeqCst);
         let (peer, addresser) = shared.peer(options.retry).await?;
-        let address = Shared::send_address(peer, &addresser, target);
+        let address = Shared::send_address(peer, addresser, target);
         if !options.wait_for_reply {
             let deadline = Instant::now() + options.timeout.unwrap_or(Amqp1Config::secs(shared.config.default_send_timeout));
             let message = wire::build(&address, Some(body), Some(&new_id()), None, None, options.timeout);
@@ -632,17 +629,17 @@ impl Driver for Amqp1Driver {
             };
             match peer {
                 Peer::RabbitMq => vec![
-                    spec(Source0::Address(rabbit_queue_address(&addresser.unicast(&target)))),
+                    spec(LinkSource::Address(rabbit_queue_address(&addresser.unicast(&target)))),
                     {
                         let key = addresser.multicast(&target);
-                        spec(Source0::RabbitPrivate(format!("{key}.{fanout_suffix}"), key))
+                        spec(LinkSource::RabbitPrivate(format!("{key}.{fanout_suffix}"), key))
                     },
-                    spec(Source0::Address(rabbit_queue_address(&addresser.anycast(&target)))),
+                    spec(LinkSource::Address(rabbit_queue_address(&addresser.anycast(&target)))),
                 ],
                 Peer::Generic => vec![
-                    spec(Source0::Address(addresser.unicast(&target))),
-                    spec(Source0::Address(addresser.multicast(&target))),
-                    spec(Source0::Address(addresser.anycast(&target))),
+                    spec(LinkSource::Address(addresser.unicast(&target))),
+                    spec(LinkSource::Address(addresser.multicast(&target))),
+                    spec(LinkSource::Address(addresser.anycast(&target))),
                 ],
             }
         });
@@ -668,7 +665,7 @@ impl Driver for Amqp1Driver {
             match (peer, &pool) {
                 // One queue named after the pool, bound to every topic.priority (as oslo's
                 // rabbit driver): its listeners share the messages, other pools get copies.
-                (Peer::RabbitMq, Some(pool)) => vec![spec(Source0::RabbitShared(
+                (Peer::RabbitMq, Some(pool)) => vec![spec(LinkSource::RabbitShared(
                     pool.clone(),
                     topics.iter().map(|t| addresser.notify(t)).collect(),
                 ))],
@@ -676,10 +673,10 @@ impl Driver for Amqp1Driver {
                     .iter()
                     .map(|t| {
                         let name = addresser.notify(t);
-                        spec(Source0::RabbitShared(name.clone(), vec![name]))
+                        spec(LinkSource::RabbitShared(name.clone(), vec![name]))
                     })
                     .collect(),
-                (Peer::Generic, _) => topics.iter().map(|t| spec(Source0::Address(addresser.notify(t)))).collect(),
+                (Peer::Generic, _) => topics.iter().map(|t| spec(LinkSource::Address(addresser.notify(t)))).collect(),
             }
         });
         let mut listener = Amqp1Listener::start(self.shared.clone(), plan, "notification listener").await?;

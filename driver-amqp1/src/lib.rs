@@ -106,7 +106,8 @@
 //!   accept; `reply_link_credit` on the reply link, refilled by hand at half the window
 //!   (fe2o3's automatic credit stalls on pre-settled deliveries).
 //! * Duplicates (a message resent after a connection loss) are dropped by `message_id`
-//!   (16-entry window per listener); malformed messages are logged and settled, never fatal.
+//!   (oslo-core's `DuplicateFilter` with its default window, per listener); malformed
+//!   messages are logged and settled, never fatal.
 //!
 //! # Connections and recovery
 //!

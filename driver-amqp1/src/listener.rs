@@ -29,7 +29,7 @@ use crate::wire;
 
 /// What one receiver link consumes.
 #[derive(Debug, Clone)]
-pub(crate) enum Source0 {
+pub(crate) enum LinkSource {
     /// A link address used as is (`/queue/<name>` on RabbitMQ, an oslo address elsewhere).
     Address(String),
     /// RabbitMQ: a private queue (name, binding key on `amq.direct`) declared over AMQP 0-9-1
@@ -45,7 +45,7 @@ pub(crate) enum Source0 {
 /// A receiver link to attach.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkSpec {
-    pub source: Source0,
+    pub source: LinkSource,
     pub credit: u32,
     /// Ask for pre-settled deliveries (the reply link): no dispositions, credit topped up here.
     pub presettled: bool,
@@ -116,10 +116,8 @@ impl ReceiverSet {
         if queues.is_empty() {
             return;
         }
-        let broker = self.shared.connector.brokers()[0].clone();
         for queue in queues {
-            let broker = self.shared.last_broker().unwrap_or_else(|| broker.clone());
-            if let Err(err) = self.shared.admin.delete_queue(&broker, &queue).await {
+            if let Err(err) = self.shared.admin.delete_queue(&self.shared.admin_broker(), &queue).await {
                 tracing::warn!(queue, error = %err, "could not delete a private queue");
             }
         }
@@ -200,8 +198,8 @@ async fn attach_all(
     let mut receivers = Vec::new();
     for spec in specs {
         let (source, address) = match &spec.source {
-            Source0::Address(address) => (Source::builder().address(address.clone()).build(), address.clone()),
-            Source0::RabbitPrivate(queue, key) => {
+            LinkSource::Address(address) => (Source::builder().address(address.clone()).build(), address.clone()),
+            LinkSource::RabbitPrivate(queue, key) => {
                 shared.admin.declare_private_queue(&opened.broker, queue, key).await?;
                 {
                     let mut list = private_queues.lock().expect("queue list");
@@ -212,14 +210,14 @@ async fn attach_all(
                 let address = format!("/amq/queue/{queue}");
                 (Source::builder().address(address.clone()).build(), address)
             }
-            Source0::RabbitShared(queue, keys) => {
+            LinkSource::RabbitShared(queue, keys) => {
                 for key in keys {
                     shared.admin.declare_shared_queue(&opened.broker, queue, key).await?;
                 }
                 let address = format!("/amq/queue/{queue}");
                 (Source::builder().address(address.clone()).build(), address)
             }
-            Source0::Dynamic => (Source::builder().dynamic(true).build(), String::new()),
+            LinkSource::Dynamic => (Source::builder().dynamic(true).build(), String::new()),
         };
         let name = format!("openstack.org/om/receiver/[{address}]/{}", uuid::Uuid::new_v4().simple());
         let builder = Receiver::builder().name(name).source(source);
@@ -243,7 +241,7 @@ async fn attach_all(
             .await
             .map_err(|e| crate::connect::transport(format!("granting credit: {e:?}")))?;
         let address = match &spec.source {
-            Source0::Dynamic => receiver
+            LinkSource::Dynamic => receiver
                 .source()
                 .as_ref()
                 .and_then(|s| s.address.clone())
@@ -343,8 +341,8 @@ pub(crate) struct Amqp1Incoming {
     message: JsonMap,
     context: JsonMap,
     call_monitor_timeout: Option<Duration>,
+    /// The AMQP `message_id`: the call's correlation key and the duplicate filter's key.
     msg_id: Option<String>,
-    amqp_message_id: Option<String>,
     reply_to: Option<String>,
     settle: Mutex<Option<(DeliveryInfo, ReceiverDisposer)>>,
     replied: std::sync::atomic::AtomicBool,
@@ -417,7 +415,7 @@ impl IncomingMessage for Amqp1Incoming {
         let settle = self.settle.lock().expect("settle state").take();
         if let Some((info, disposer)) = settle {
             // The redelivery carries the same message id: it must not count as a duplicate.
-            if let Some(id) = &self.amqp_message_id {
+            if let Some(id) = &self.msg_id {
                 self.duplicates.lock().expect("duplicate filter").forget(id);
             }
             disposer
@@ -456,14 +454,12 @@ impl Amqp1Listener {
         })
     }
 
-    fn incoming(&self, request: wire::Request, received: Received) -> Amqp1Incoming {
-        let message_id = wire::message_id(&received.message);
+    fn incoming(&self, request: wire::Request, message_id: Option<String>, received: Received) -> Amqp1Incoming {
         Amqp1Incoming {
             message: request.message,
             context: request.context,
             call_monitor_timeout: request.call_monitor_timeout,
-            msg_id: message_id.clone(),
-            amqp_message_id: message_id,
+            msg_id: message_id,
             reply_to: wire::reply_to(&received.message),
             settle: Mutex::new(received.disposer.map(|d| (received.info, d))),
             replied: false.into(),
@@ -486,8 +482,8 @@ impl Listener for Amqp1Listener {
             let message_id = wire::message_id(&received.message);
             match parse(&received.message) {
                 Ok(request) => {
-                    let incoming = self.incoming(request, received);
-                    if let Some(id) = &message_id {
+                    let incoming = self.incoming(request, message_id, received);
+                    if let Some(id) = &incoming.msg_id {
                         let fresh = self.duplicates.lock().expect("duplicate filter").check_and_add(id);
                         if !fresh {
                             tracing::info!(message_id = id, "dropping a duplicate message");

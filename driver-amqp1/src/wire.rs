@@ -8,6 +8,7 @@
 //!   `correlation_id` = the request's `message_id`.
 //! * Call-monitor heartbeat: a message with **no body** and the `correlation_id`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use fe2o3_amqp::types::messaging::{Body, Header, Message, MessageId, Properties};
@@ -19,49 +20,55 @@ use serde_json::Value as Json;
 /// An AMQP message as this driver sends and receives it.
 pub(crate) type AmqpMessage = Message<Body<Value>>;
 
-fn serialization(e: serde_json::Error) -> Error {
-    Error::Serialization(e.to_string())
+/// `{"request": ..., "context": ..., "call_monitor_timeout": s?}`, serialized from borrowed
+/// parts so that a send does not copy its arguments and context.
+#[derive(serde::Serialize)]
+struct RequestBody<'a> {
+    request: &'a JsonMap,
+    context: &'a JsonMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_monitor_timeout: Option<Json>,
 }
 
 /// The request body JSON text.
 pub(crate) fn request_body(message: &JsonMap, context: &JsonMap, call_monitor_timeout: Option<Duration>) -> Result<String> {
-    let mut body = JsonMap::new();
-    body.insert("request".into(), Json::Object(message.clone()));
-    body.insert("context".into(), Json::Object(context.clone()));
-    if let Some(t) = call_monitor_timeout {
-        body.insert("call_monitor_timeout".into(), seconds_value(t));
-    }
-    pyjson::to_string(&body).map_err(serialization)
+    Ok(pyjson::to_string(&RequestBody {
+        request: message,
+        context,
+        call_monitor_timeout: call_monitor_timeout.map(seconds_value),
+    })?)
 }
 
 /// The notification body JSON text; `envelope` wraps the message in oslo's 2.0 envelope.
 pub(crate) fn notification_body(message: &JsonMap, context: &JsonMap, envelope: bool) -> Result<String> {
-    let request = if envelope {
-        let inner = pyjson::to_string(message).map_err(serialization)?;
-        let mut env = JsonMap::new();
-        env.insert(
-            oslo_core::codec::VERSION_KEY.into(),
-            Json::String(oslo_core::codec::ENVELOPE_VERSION.into()),
-        );
-        env.insert(oslo_core::codec::MESSAGE_KEY.into(), Json::String(inner));
-        env
-    } else {
-        message.clone()
-    };
-    let mut body = JsonMap::new();
-    body.insert("request".into(), Json::Object(request));
-    body.insert("context".into(), Json::Object(context.clone()));
-    pyjson::to_string(&body).map_err(serialization)
+    if !envelope {
+        return request_body(message, context, None);
+    }
+    let mut env = JsonMap::new();
+    env.insert(
+        oslo_core::codec::VERSION_KEY.into(),
+        Json::String(oslo_core::codec::ENVELOPE_VERSION.into()),
+    );
+    env.insert(oslo_core::codec::MESSAGE_KEY.into(), Json::String(pyjson::to_string(message)?));
+    request_body(&env, context, None)
+}
+
+/// `{"response": <result>}` or `{"failure": "<oslo failure JSON>"}`, the result borrowed.
+#[derive(serde::Serialize)]
+enum ReplyBody<'a> {
+    #[serde(rename = "response")]
+    Response(&'a Json),
+    #[serde(rename = "failure")]
+    Failure(String),
 }
 
 /// The reply body JSON text.
 pub(crate) fn reply_body(outcome: &std::result::Result<Json, RemoteError>) -> Result<String> {
-    let mut body = JsonMap::new();
-    match outcome {
-        Ok(result) => body.insert("response".into(), result.clone()),
-        Err(failure) => body.insert("failure".into(), Json::String(failure.to_failure_json())),
+    let body = match outcome {
+        Ok(result) => ReplyBody::Response(result),
+        Err(failure) => ReplyBody::Failure(failure.to_failure_json()),
     };
-    pyjson::to_string(&body).map_err(serialization)
+    Ok(pyjson::to_string(&body)?)
 }
 
 /// Build an AMQP message: `to` = the link address, optional ids, TTL and reply address.
@@ -122,15 +129,15 @@ pub(crate) fn reply_to(message: &AmqpMessage) -> Option<String> {
 /// The JSON body: an AMQP value string (oslo), or data sections (a peer that converted it);
 /// `None` for a message without a body (a heartbeat).
 pub(crate) fn body_json(message: &AmqpMessage) -> Result<Option<JsonMap>> {
-    let text: Vec<u8> = match &message.body {
+    let text: Cow<'_, [u8]> = match &message.body {
         Body::Empty => return Ok(None),
         Body::Value(v) => match &v.0 {
             Value::Null => return Ok(None),
-            Value::String(s) => s.clone().into_bytes(),
-            Value::Binary(b) => b.to_vec(),
+            Value::String(s) => Cow::Borrowed(s.as_bytes()),
+            Value::Binary(b) => Cow::Borrowed(&b[..]),
             other => return Err(Error::invalid_message(format!("AMQP value body is not a string: {other:?}"))),
         },
-        Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        Body::Data(batch) => Cow::Owned(batch.iter().flat_map(|d| d.0.iter().copied()).collect()),
         Body::Sequence(_) => return Err(Error::invalid_message("AMQP sequence bodies are not oslo messages")),
     };
     match serde_json::from_slice::<Json>(&text) {
@@ -153,7 +160,7 @@ pub(crate) fn parse_request(mut body: JsonMap) -> Result<Request> {
     let message = match body.remove("request") {
         Some(Json::Object(request)) => {
             if request.contains_key(oslo_core::codec::VERSION_KEY) && request.contains_key(oslo_core::codec::MESSAGE_KEY) {
-                let text = serde_json::to_vec(&request).map_err(serialization)?;
+                let text = serde_json::to_vec(&request)?;
                 oslo_core::codec::decode_body(&text)?
             } else {
                 request
@@ -178,31 +185,24 @@ pub(crate) fn parse_request(mut body: JsonMap) -> Result<Request> {
     })
 }
 
-/// Read a reply (or heartbeat) for the call `msg_id`.
+/// Read a reply (or heartbeat) for the call `msg_id`. The failure is read by core's
+/// [`Reply::from_map`], so an unreadable one fails the call as with every other driver.
 pub(crate) fn parse_reply(msg_id: String, body: Option<JsonMap>) -> Reply {
     let Some(mut body) = body else {
         return Reply::heartbeat(msg_id);
     };
-    if let Some(failure) = body.remove("failure").filter(|f| !f.is_null()) {
-        let remote = match &failure {
-            Json::String(text) => RemoteError::from_failure_json(text).unwrap_or_else(|_| {
-                RemoteError::new(
-                    "InvalidRemoteFailure",
-                    "oslo_messaging",
-                    format!("unreadable failure in reply: {text}"),
-                )
-            }),
-            other => serde_json::from_value(other.clone()).unwrap_or_else(|_| {
-                RemoteError::new(
-                    "InvalidRemoteFailure",
-                    "oslo_messaging",
-                    format!("unreadable failure in reply: {other}"),
-                )
-            }),
-        };
-        return Reply::final_reply(msg_id, Err(remote));
-    }
-    Reply::final_reply(msg_id, Ok(body.remove("response").unwrap_or(Json::Null)))
+    let failure = body.remove("failure").unwrap_or(Json::Null);
+    let result = if failure.is_null() {
+        body.remove("response").unwrap_or(Json::Null)
+    } else {
+        Json::Null
+    };
+    let mut reply = JsonMap::new();
+    reply.insert("_msg_id".into(), Json::String(msg_id));
+    reply.insert("result".into(), result);
+    reply.insert("failure".into(), failure);
+    reply.insert("ending".into(), Json::Bool(true));
+    Reply::from_map(reply).expect("the reply has a _msg_id")
 }
 
 #[cfg(test)]
@@ -252,10 +252,12 @@ mod tests {
     #[test]
     fn replies_and_heartbeats() {
         let ok = reply_body(&Ok(json!([1, 2]))).unwrap();
+        assert_eq!(ok, r#"{"response": [1, 2]}"#);
         let reply = parse_reply("m".into(), Some(serde_json::from_str(&ok).unwrap()));
         assert_eq!(reply.result, json!([1, 2]));
         assert!(reply.ending);
         let failure = reply_body(&Err(RemoteError::new("ValueError", "builtins", "bad"))).unwrap();
+        assert!(failure.starts_with(r#"{"failure": ""#), "{failure}");
         let reply = parse_reply("m".into(), Some(serde_json::from_str(&failure).unwrap()));
         assert_eq!(reply.failure.unwrap().exc_type, "ValueError");
         assert!(parse_reply("m".into(), None).is_heartbeat());
