@@ -61,18 +61,13 @@ impl Link {
     }
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    link: AsyncMutex<Option<Arc<Link>>>,
-}
-
 /// The DEALER connections of one driver.
 #[derive(Debug)]
 pub(crate) struct Connections {
     /// The live connections, for the lock-free (read-locked) common case.
     live: RwLock<HashMap<String, Arc<Link>>>,
     /// One connect at a time per address.
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     unreachable: Mutex<HashMap<String, std::time::Instant>>,
     waiters: ReplyWaiters,
     connect_timeout: Duration,
@@ -112,22 +107,18 @@ impl Connections {
     /// needed, no later than `deadline`.
     pub(crate) async fn link(&self, host: &str, deadline: Option<Instant>) -> Result<Arc<Link>> {
         // Fast path: a live connection, without waiting on the slot's lock.
-        if let Some(link) = self.live.read().expect("live table poisoned").get(host) {
-            if link.usable() {
-                return Ok(link.clone());
-            }
+        if let Some(link) = self.live_link(host) {
+            return Ok(link);
         }
         let slot = {
             let mut slots = self.slots.lock().expect("connection table poisoned");
             slots.entry(host.to_string()).or_default().clone()
         };
-        let mut link = slot.link.lock().await;
-        if let Some(existing) = link.as_ref() {
-            if existing.usable() {
-                return Ok(existing.clone());
-            }
+        let _connecting = slot.lock().await;
+        // Another task may have connected while this one waited.
+        if let Some(link) = self.live_link(host) {
+            return Ok(link);
         }
-        *link = None;
         match self.connect(host, deadline).await {
             Ok(fresh) => {
                 self.unreachable.lock().expect("unreachable table poisoned").remove(host);
@@ -139,22 +130,27 @@ impl Connections {
                     .lock()
                     .expect("connection table poisoned")
                     .retain(|slot_host, _| slot_host == host || live.contains_key(slot_host));
-                drop(live);
-                *link = Some(fresh.clone());
                 Ok(fresh)
             }
             Err(err) => {
                 self.live.write().expect("live table poisoned").remove(host);
-                self.unreachable
-                    .lock()
-                    .expect("unreachable table poisoned")
-                    .insert(host.to_string(), std::time::Instant::now());
+                self.mark_unreachable(host);
                 Err(err)
             }
         }
     }
 
-    /// Forget a link that failed, so that the next use connects again.
+    /// The cached connection to `host`, if it is still usable.
+    fn live_link(&self, host: &str) -> Option<Arc<Link>> {
+        self.live
+            .read()
+            .expect("live table poisoned")
+            .get(host)
+            .filter(|link| link.usable())
+            .cloned()
+    }
+
+    /// Try `host` after the others for a while (connecting or sending to it failed).
     pub(crate) fn mark_unreachable(&self, host: &str) {
         self.unreachable
             .lock()

@@ -16,7 +16,7 @@ use crate::client::{Connections, Link};
 use crate::config::ZmqConfig;
 use crate::frames::{self, MessageType};
 use crate::matchmaker::{self, Matchmaker, POOL, ROUTER};
-use crate::server::{Records, ZmqListener};
+use crate::server::ZmqListener;
 
 /// The ZeroMQ driver (`zmq://`, `zmq+redis://`, `zmq+dummy://`).
 pub struct ZmqDriver {
@@ -96,8 +96,9 @@ impl ZmqDriver {
         let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<&String> = (0..hosts.len()).map(|i| &hosts[(start + i) % hosts.len()]).collect();
         if order.len() > 1 {
-            // Servers that failed to connect recently go last (stable: round robin kept otherwise).
-            order.sort_by_key(|host| self.connections.recently_unreachable(host));
+            // Servers that failed to connect recently go last (stable: round robin kept otherwise);
+            // cached: one look-up (and lock) per server, not two per comparison.
+            order.sort_by_cached_key(|host| self.connections.recently_unreachable(host));
         }
         let mut last_error = None;
         for host in order.into_iter().take(self.config.zmq_failover_connections + 1) {
@@ -152,6 +153,13 @@ impl ZmqDriver {
     }
 }
 
+/// The key of the servers of `topic` named `server`: oslo's Cinder workaround, only the part
+/// before '@' names the server (clients and servers must agree on it).
+fn server_key(topic: &str, server: &str) -> String {
+    let name = server.split('@').next().unwrap_or(server);
+    format!("{ROUTER}/{topic}/{name}")
+}
+
 #[async_trait]
 impl Driver for ZmqDriver {
     fn name(&self) -> &'static str {
@@ -176,8 +184,7 @@ impl Driver for ZmqDriver {
             MessageType::Cast
         };
         let key = match target.server.as_deref().filter(|s| !s.is_empty() && !target.fanout) {
-            // oslo's Cinder workaround: only the part before '@' names the server.
-            Some(server) => format!("{ROUTER}/{topic}/{}", server.split('@').next().unwrap_or(server)),
+            Some(server) => server_key(&topic, server),
             None => format!("{ROUTER}/{topic}"),
         };
         let deadline = options.timeout.map(|timeout| Instant::now() + timeout);
@@ -265,26 +272,31 @@ impl Driver for ZmqDriver {
 
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
         let topic = self.keyed_topic(target, Self::topic_of(target)?);
-        let mut records: Records = vec![(format!("{ROUTER}/{topic}"), None)];
+        let mut keys = vec![format!("{ROUTER}/{topic}")];
         if let Some(server) = target.server.as_deref().filter(|s| !s.is_empty()) {
-            records.push((format!("{ROUTER}/{topic}/{}", server.split('@').next().unwrap_or(server)), None));
+            keys.push(server_key(&topic, server));
         }
-        Ok(Box::new(ZmqListener::start(&self.config, self.matchmaker.clone(), records).await?))
+        Ok(Box::new(
+            ZmqListener::start(&self.config, self.matchmaker.clone(), keys, Vec::new()).await?,
+        ))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
-        let mut records: Records = Vec::new();
+        let mut keys = Vec::new();
+        let mut pools = Vec::new();
         for (target, priority) in targets_and_priorities {
             let topic = self.keyed_topic(target, &format!("{}.{priority}", Self::topic_of(target)?));
             match pool {
-                None => records.push((format!("{ROUTER}/{topic}"), None)),
+                None => keys.push(format!("{ROUTER}/{topic}")),
                 Some(pool) => {
-                    records.push((format!("{POOL}/{topic}/{pool}"), None));
-                    records.push((format!("{POOL}/{topic}"), Some(pool.to_string())));
+                    keys.push(format!("{POOL}/{topic}/{pool}"));
+                    pools.push((format!("{POOL}/{topic}"), pool.to_string()));
                 }
             }
         }
-        Ok(Box::new(ZmqListener::start(&self.config, self.matchmaker.clone(), records).await?))
+        Ok(Box::new(
+            ZmqListener::start(&self.config, self.matchmaker.clone(), keys, pools).await?,
+        ))
     }
 
     async fn cleanup(&self) {

@@ -109,9 +109,7 @@ pub fn encode_request_payload(context: &JsonMap, message: &JsonMap, unique_id: &
         unique_id,
         client_timeout,
     };
-    serde_json::to_vec(&payload)
-        .map(Bytes::from)
-        .map_err(|e| Error::Serialization(e.to_string()))
+    Ok(Bytes::from(serde_json::to_vec(&payload)?))
 }
 
 /// The frames of a request, as a DEALER sends them.
@@ -150,9 +148,7 @@ pub fn encode_reply_payload(outcome: &std::result::Result<Value, oslo_core::Remo
         Ok(value) => (value, None),
         Err(remote) => (&Value::Null, Some(remote.to_failure_json())),
     };
-    serde_json::to_vec(&(result, failure))
-        .map(Bytes::from)
-        .map_err(|e| Error::Serialization(e.to_string()))
+    Ok(Bytes::from(serde_json::to_vec(&(result, failure))?))
 }
 
 /// A request as a ROUTER received it.
@@ -176,17 +172,10 @@ pub struct Request {
 
 /// Decode what a ROUTER received: `[identity, b"", b"1.0", type, message id, payload]`.
 pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
-    let frames = frames.into_vec();
-    if frames.len() != 6 {
-        return Err(Error::invalid_message(format!("request has {} frames, expected 6", frames.len())));
-    }
-    let mut frames = frames.into_iter();
-    let peer = frames.next().unwrap_or_default();
-    let empty = frames.next().unwrap_or_default();
-    let version = frames.next().unwrap_or_default();
-    let kind_frame = frames.next().unwrap_or_default();
-    let message_id = frames.next().unwrap_or_default();
-    let payload = frames.next().unwrap_or_default();
+    let [peer, empty, version, kind_frame, message_id, payload]: [Bytes; 6] = frames
+        .into_vec()
+        .try_into()
+        .map_err(|frames: Vec<Bytes>| Error::invalid_message(format!("request has {} frames, expected 6", frames.len())))?;
     if !empty.is_empty() {
         return Err(Error::invalid_message("request lacks the empty delimiter frame"));
     }

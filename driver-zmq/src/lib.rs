@@ -115,8 +115,8 @@
 //!   died after its connection was made can be lost silently (calls time out).
 //!
 //! Memory the driver holds itself is bounded: the Redis lookup cache (10,000 keys), the
-//! duplicate window (16 ids per listener), one connection per server address, and the calls
-//! waiting for replies.
+//! duplicate window ([`oslo_core::codec::DEFAULT_DUPLICATE_WINDOW`], 4096 ids per listener),
+//! one connection per server address, and the calls waiting for replies.
 //!
 //! # Tests
 //!

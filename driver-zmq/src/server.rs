@@ -26,11 +26,6 @@ pub(crate) fn ipc_path(dir: &Path, port: &str) -> PathBuf {
     dir.join(format!("oslo-zmq-{port}.sock"))
 }
 
-/// What a listener registers: `(key, value)`. `None` means "this listener's `host:port`",
-/// removed again on stop; a given value is a pool's name, shared by the pool's listeners
-/// (registered under `<key>`, its listeners under `<key>/<name>`), removed with the last one.
-pub(crate) type Records = Vec<(String, Option<String>)>;
-
 /// A bound ROUTER socket.
 struct Bound {
     socket: RouterSocket,
@@ -136,23 +131,32 @@ async fn bind_ipc(socket: &mut RouterSocket, dir: &Path, port: u16) -> Option<Pa
     }
 }
 
-/// Registered records, refreshed in the background until dropped or unregistered.
+/// Registered records `(key, value)`, refreshed in the background until dropped or
+/// unregistered.
 struct Registration {
     matchmaker: Arc<dyn Matchmaker>,
-    records: Vec<(String, String)>,
-    /// How many of `records` (from the start) are this listener's own, removed on stop.
-    own: usize,
+    /// This listener's own records (value: its `host:port`), removed on stop.
+    own: Vec<(String, String)>,
+    /// Pool names (value: the pool's name under `<key>`, its listeners under
+    /// `<key>/<name>`), shared by the pool's listeners and removed with the last one.
+    pools: Vec<(String, String)>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Registration {
-    async fn start(matchmaker: Arc<dyn Matchmaker>, records: Vec<(String, String)>, own: usize, config: &ZmqConfig) -> Result<Self> {
+    async fn start(
+        matchmaker: Arc<dyn Matchmaker>,
+        own: Vec<(String, String)>,
+        pools: Vec<(String, String)>,
+        config: &ZmqConfig,
+    ) -> Result<Self> {
         let expire = config.zmq_target_expire;
+        let records: Vec<(String, String)> = own.iter().chain(&pools).cloned().collect();
         for (key, value) in &records {
             matchmaker.register(key, value, expire).await?;
         }
         let refresher = (!expire.is_zero()).then(|| {
-            let (matchmaker, records, every) = (matchmaker.clone(), records.clone(), config.zmq_target_update);
+            let (matchmaker, every) = (matchmaker.clone(), config.zmq_target_update);
             tokio::spawn(async move {
                 let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
@@ -167,8 +171,8 @@ impl Registration {
         });
         Ok(Registration {
             matchmaker,
-            records,
             own,
+            pools,
             refresher,
         })
     }
@@ -177,8 +181,8 @@ impl Registration {
         if let Some(refresher) = self.refresher.take() {
             refresher.abort();
         }
-        let mut own = std::mem::take(&mut self.records);
-        let shared = own.split_off(self.own.min(own.len()));
+        let own = std::mem::take(&mut self.own);
+        let pools = std::mem::take(&mut self.pools);
         let matchmaker = self.matchmaker.clone();
         let work = async move {
             for (key, value) in &own {
@@ -187,7 +191,7 @@ impl Registration {
                 }
             }
             // A pool's name goes once its last listener is gone.
-            for (key, value) in &shared {
+            for (key, value) in &pools {
                 if let Err(err) = matchmaker.unregister_if_empty(key, value, &format!("{key}/{value}")).await {
                     tracing::warn!(key, error = %err, "cannot remove a matchmaker record; it expires by itself");
                 }
@@ -219,18 +223,18 @@ pub(crate) struct ZmqListener {
 }
 
 impl ZmqListener {
-    /// Bind, register `records`, and start refreshing them.
-    pub(crate) async fn start(config: &ZmqConfig, matchmaker: Arc<dyn Matchmaker>, records: Records) -> Result<Self> {
+    /// Bind, register this listener's `host:port` under each of `keys` and each pool record
+    /// `(key, pool name)` of `pools`, and start refreshing them.
+    pub(crate) async fn start(
+        config: &ZmqConfig,
+        matchmaker: Arc<dyn Matchmaker>,
+        keys: Vec<String>,
+        pools: Vec<(String, String)>,
+    ) -> Result<Self> {
         let bound = bind(config).await?;
-        let (own, shared): (Records, Records) = records.into_iter().partition(|(_, value)| value.is_none());
-        let own_count = own.len();
-        let records: Vec<(String, String)> = own
-            .into_iter()
-            .chain(shared)
-            .map(|(key, value)| (key, value.unwrap_or_else(|| bound.host.clone())))
-            .collect();
+        let own = keys.into_iter().map(|key| (key, bound.host.clone())).collect();
         let (sender, receiver) = bound.socket.split();
-        let registration = match Registration::start(matchmaker, records, own_count, config).await {
+        let registration = match Registration::start(matchmaker, own, pools, config).await {
             Ok(registration) => registration,
             Err(err) => {
                 remove_ipc_file(bound.ipc_file).await;
