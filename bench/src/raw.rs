@@ -75,15 +75,21 @@ pub async fn connect(url: &str) -> Res<Connection> {
         .map_err(|e| format!("cannot connect to {url}: {e}"))
 }
 
-/// `serve-raw QUEUE [--fanout-exchange X] [--oslo-props]`: run until stdin closes.
-pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, oslo_props: bool) -> Res<()> {
-    let conn = connect(url).await?;
-    let ch = conn.create_channel().await.map_err(err("create channel"))?;
-    let confirm_ch = conn.create_channel().await.map_err(err("create channel"))?;
-    confirm_ch
+/// A plain channel and one in confirm mode, on `conn`.
+async fn channels(conn: &Connection) -> Res<(Channel, Channel)> {
+    let plain = conn.create_channel().await.map_err(err("create channel"))?;
+    let confirm = conn.create_channel().await.map_err(err("create channel"))?;
+    confirm
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(err("confirm.select"))?;
+    Ok((plain, confirm))
+}
+
+/// `serve-raw QUEUE [--fanout-exchange X] [--oslo-props]`: run until stdin closes.
+pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, oslo_props: bool) -> Res<()> {
+    let conn = connect(url).await?;
+    let (ch, confirm_ch) = channels(&conn).await?;
     ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .map_err(err("queue.declare"))?;
@@ -221,12 +227,7 @@ impl RawClient {
         oslo_props: bool,
     ) -> Res<RawClient> {
         let conn = connect(url).await?;
-        let rpc_ch = conn.create_channel().await.map_err(err("create channel"))?;
-        let confirm_ch = conn.create_channel().await.map_err(err("create channel"))?;
-        confirm_ch
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(err("confirm.select"))?;
+        let (rpc_ch, confirm_ch) = channels(&conn).await?;
         let reply_queue = rpc_ch
             .queue_declare(
                 "".into(),

@@ -10,7 +10,7 @@
 //! send with no reply (ZeroMQ has no broker acknowledgement); a fanout cast is one send to each
 //! server, as oslo's ZeroMQ driver delivered fanout (direct to every host the matchmaker lists).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,8 +72,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
 /// The raw ZeroMQ client. Cheap to clone.
 #[derive(Clone)]
 pub struct ZmqClient {
-    /// Server name -> the send half of its DEALER.
-    senders: Arc<HashMap<String, AsyncMutex<DealerSendHalf>>>,
+    /// Server name -> the send half of its DEALER, in name order (the order of a fanout).
+    senders: Arc<BTreeMap<String, AsyncMutex<DealerSendHalf>>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
@@ -83,7 +83,7 @@ impl ZmqClient {
     /// Connect one DEALER to each server endpoint (`name -> tcp://…`).
     pub async fn connect(endpoints: &HashMap<String, String>, timeout: Duration) -> Res<Self> {
         let pending: Pending = Arc::default();
-        let mut senders = HashMap::new();
+        let mut senders = BTreeMap::new();
         for (name, endpoint) in endpoints {
             let mut socket = DealerSocket::new();
             tokio::time::timeout(Duration::from_secs(10), socket.connect(endpoint))
@@ -167,9 +167,7 @@ impl ZmqClient {
 
     /// A fanout cast: one send to every server.
     pub async fn fanout(&self, body: &Bytes) -> Res<()> {
-        let mut names: Vec<&String> = self.senders.keys().collect();
-        names.sort();
-        for name in names {
+        for name in self.senders.keys() {
             self.send(name, 0, "incr", body.clone()).await?;
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oslo_messaging::{TransportConfig, TransportUrl};
+use oslo_messaging::{driver_amqp1, driver_rabbit, driver_zmq, TransportConfig, TransportUrl};
 
 use crate::failure::Failure;
 
@@ -115,14 +115,16 @@ fn unquote(value: &str) -> &str {
     }
 }
 
-/// The options group a driver reads from the config file.
+/// The options group a driver reads from the config file, as each driver crate declares it.
 fn driver_group(driver: &str) -> Option<&'static str> {
-    match driver {
-        "rabbit" | "kombu" => Some("oslo_messaging_rabbit"),
-        "amqp" => Some("oslo_messaging_amqp"),
-        "zmq" => Some("oslo_messaging_zmq"),
-        _ => None,
-    }
+    [
+        (driver_rabbit::SCHEMES, driver_rabbit::GROUP),
+        (driver_amqp1::SCHEMES, driver_amqp1::GROUP),
+        (driver_zmq::SCHEMES, driver_zmq::GROUP),
+    ]
+    .into_iter()
+    .find(|(schemes, _)| schemes.contains(&driver))
+    .map(|(_, group)| group)
 }
 
 /// Where the transport comes from: config files and the environment.

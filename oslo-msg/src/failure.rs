@@ -158,16 +158,14 @@ fn classify(error: &Error) -> (Exit, String, Option<Box<RemoteError>>) {
             format!("the server raised {}: {}", remote.exc_type, remote.message),
             Some(remote.clone()),
         ),
-        Error::NoSuchMethod { .. } => (
-            Exit::Remote,
-            format!("the server raised NoSuchMethod: {}", message_of(error)),
-            Some(Box::new(RemoteError::new("NoSuchMethod", DISPATCHER, message_of(error)))),
-        ),
-        Error::UnsupportedVersion { .. } => (
-            Exit::Remote,
-            format!("the server raised UnsupportedVersion: {}", message_of(error)),
-            Some(Box::new(RemoteError::new("UnsupportedVersion", DISPATCHER, message_of(error)))),
-        ),
+        Error::NoSuchMethod { .. } | Error::UnsupportedVersion { .. } => {
+            let (class, message) = (error.oslo_class(), message_of(error));
+            (
+                Exit::Remote,
+                format!("the server raised {class}: {message}"),
+                Some(Box::new(RemoteError::new(class, DISPATCHER, message))),
+            )
+        }
         Error::MessagingTimeout { message } => (
             Exit::Timeout,
             format!("timed out (MessagingTimeout): {message} No server answered in time; raise --timeout if the method is slow."),

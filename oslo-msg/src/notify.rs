@@ -169,19 +169,23 @@ pub async fn listen(transport: &Transport, subscription: Subscription) -> Result
         other => other,
     };
     let paint = Paint::for_stream(std::io::stdout().is_terminal());
+    // Both made once, outside the loop: a signal handler registered anew each turn would miss
+    // a Ctrl-C that arrives while a notification is being printed.
     let deadline = subscription.timeout.map(|t| tokio::time::Instant::now() + t);
+    let until_deadline = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stop = crate::stopped();
+    tokio::pin!(until_deadline, stop);
     let mut printed: u64 = 0;
     let mut timed_out = false;
     loop {
         if subscription.count.is_some_and(|count| printed >= count) {
             break;
         }
-        let until_deadline = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             next = received.recv() => match next {
                 Some(notification) => {
@@ -190,11 +194,11 @@ pub async fn listen(transport: &Transport, subscription: Subscription) -> Result
                 }
                 None => break,
             },
-            () = until_deadline => {
+            () = &mut until_deadline => {
                 timed_out = true;
                 break;
             }
-            () = crate::stopped() => break,
+            () = &mut stop => break,
         }
     }
     listener.shutdown().await;
