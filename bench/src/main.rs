@@ -7,7 +7,7 @@
 //! ```text
 //! oslo-bench run [options]                  the whole suite (spawns servers and clients itself)
 //! oslo-bench serve-ours TOPIC NAME [--url URL]
-//! oslo-bench serve-raw QUEUE [--fanout-exchange X] [--oslo-props] [--amqp-url URL]
+//! oslo-bench serve-raw QUEUE [--fanout-exchange X] [--topic-exchange T] [--oslo-props] [--amqp-url URL]
 //! oslo-bench serve-raw-amqp1 QUEUE [--url URL]
 //! oslo-bench serve-raw-zmq
 //! oslo-bench client --kind ours|raw-lapin|raw-amqp1|raw-zmq [...]   (driven by `run`)
@@ -75,11 +75,11 @@ usage:
       --out FILE            results file (default bench/results/latest.md; the chart is
                             written next to it with the extension .svg)
   oslo-bench serve-ours TOPIC NAME [--url URL]
-  oslo-bench serve-raw QUEUE [--fanout-exchange X] [--oslo-props] [--amqp-url URL]
+  oslo-bench serve-raw QUEUE [--fanout-exchange X] [--topic-exchange T] [--oslo-props] [--amqp-url URL]
   oslo-bench serve-raw-amqp1 QUEUE [--url URL]
   oslo-bench serve-raw-zmq
   oslo-bench client --kind KIND [--url URL] [--topic T] [--server NAME=QUEUE|ENDPOINT]...
-                    [--fanout X] [--reply-queue Q] [--timeout S] [--in-process-servers a,b] [--oslo-props]";
+                    [--fanout X] [--topic-exchange T] [--reply-queue Q] [--timeout S] [--in-process-servers a,b] [--oslo-props]";
 
 struct Args {
     positional: Vec<String>,
@@ -216,6 +216,7 @@ fn worker_opts(args: &Args) -> Res<worker::WorkerOpts> {
         topic: option(args, "--topic", "").to_string(),
         servers,
         fanout: option(args, "--fanout", "").to_string(),
+        topic_exchange: option(args, "--topic-exchange", "").to_string(),
         reply_queue: option(args, "--reply-queue", "").to_string(),
         timeout: Duration::from_secs_f64(num("--timeout", option(args, "--timeout", "10"))?),
         in_process_servers: option(args, "--in-process-servers", "")
@@ -264,8 +265,13 @@ async fn real_main() -> Res<()> {
                 .iter()
                 .find(|(k, _)| k == "--fanout-exchange")
                 .and_then(|(_, v)| v.as_deref());
+            let topic = args
+                .options
+                .iter()
+                .find(|(k, _)| k == "--topic-exchange")
+                .and_then(|(_, v)| v.as_deref());
             let oslo_props = args.options.iter().any(|(k, _)| k == "--oslo-props");
-            raw::serve(option(&args, "--amqp-url", default_amqp), queue, fanout, oslo_props).await
+            raw::serve(option(&args, "--amqp-url", default_amqp), queue, fanout, topic, oslo_props).await
         }
         "serve-raw-amqp1" => {
             let [_, queue] = &args.positional[..] else {

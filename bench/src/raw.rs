@@ -5,7 +5,8 @@
 //! **acks before acting** (as oslo does for RPC requests; the ack is queued without awaiting
 //! lapin's I/O thread, as the driver does), then by the message's AMQP `type`:
 //! * `echo`: publish the body back to `reply_to` with the request's `correlation_id`;
-//! * `echo_c`: the same on a channel in confirm mode, awaiting the confirm (oslo-like replies);
+//! * `echo_c`: the same with oslo's properties and `mandatory`, on a channel in confirm mode,
+//!   awaiting the confirm (oslo's reply);
 //! * `incr`: increment a counter (the cast target);
 //! * `counter`: reply with the counter's value as decimal text.
 //!
@@ -15,6 +16,13 @@
 //! (queued, not awaited) right after the caller is woken. Casts go through a channel in confirm
 //! mode and each cast awaits its own publisher confirm (callers run many casts concurrently,
 //! so confirms are windowed).
+//!
+//! The reference variant "raw lapin, oslo's protocol" ([`RawClient::with_oslo_protocol`]) sends
+//! what oslo's wire protocol makes every implementation send: requests and casts through a
+//! **topic exchange** (the servers bind their queues to it with routing key = queue name, as
+//! oslo binds `<topic>` to `openstack`), oslo's AMQP properties, `mandatory` calls and replies,
+//! and **every publish confirmed** (request, reply, cast). It is the floor for any
+//! oslo-compatible client and server on lapin: what remains between it and ours is our own cost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,26 +94,28 @@ async fn channels(conn: &Connection) -> Res<(Channel, Channel)> {
     Ok((plain, confirm))
 }
 
-/// `serve-raw QUEUE [--fanout-exchange X] [--oslo-props]`: run until stdin closes.
-pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, oslo_props: bool) -> Res<()> {
+/// `serve-raw QUEUE [--fanout-exchange X] [--topic-exchange T] [--oslo-props]`: run until stdin
+/// closes. The queue is bound to the fanout exchange (key `""`) and to the topic exchange (key
+/// = queue name, as oslo binds `<topic>` to `openstack`).
+pub async fn serve(url: &str, queue: &str, fanout_exchange: Option<&str>, topic_exchange: Option<&str>, oslo_props: bool) -> Res<()> {
     let conn = connect(url).await?;
     let (ch, confirm_ch) = channels(&conn).await?;
     ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .map_err(err("queue.declare"))?;
-    if let Some(exchange) = fanout_exchange {
-        ch.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err("exchange.declare"))?;
+    let bindings = [
+        (fanout_exchange, ExchangeKind::Fanout, ""),
+        (topic_exchange, ExchangeKind::Topic, queue),
+    ];
+    for (exchange, kind, routing_key) in bindings {
+        let Some(exchange) = exchange else { continue };
+        ch.exchange_declare(exchange.into(), kind, ExchangeDeclareOptions::default(), FieldTable::default())
+            .await
+            .map_err(err("exchange.declare"))?;
         ch.queue_bind(
             queue.into(),
             exchange.into(),
-            "".into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -157,7 +167,7 @@ async fn handle(mut delivery: Delivery, ch: Channel, confirm_ch: Channel, counte
         }
         Some("echo_c") => {
             let body = std::mem::take(&mut delivery.data);
-            reply(&confirm_ch, &delivery, &body, true, oslo).await;
+            reply(&confirm_ch, &delivery, &body, true, true).await;
         }
         _ => {
             let body = std::mem::take(&mut delivery.data);
@@ -203,6 +213,8 @@ struct Inner {
     /// Server name -> its queue (counter polls).
     server_queues: HashMap<String, String>,
     fanout_exchange: String,
+    /// The topic exchange the servers' queues are bound to (oslo's protocol variant).
+    topic_exchange: String,
     timeout: Duration,
     oslo_props: bool,
 }
@@ -211,9 +223,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct RawClient {
     inner: Arc<Inner>,
-    /// Publish requests on the confirm channel and await their confirm; ask the server to
-    /// confirm its replies too (every publish confirmed, as oslo does).
-    confirm_calls: bool,
+    /// oslo's protocol: requests and casts through the topic exchange with oslo's properties,
+    /// `mandatory` calls and replies, every publish (request, reply, cast) confirmed.
+    oslo_protocol: bool,
 }
 
 impl RawClient {
@@ -223,6 +235,7 @@ impl RawClient {
         queue: &str,
         server_queues: HashMap<String, String>,
         fanout_exchange: &str,
+        topic_exchange: &str,
         timeout: Duration,
         oslo_props: bool,
     ) -> Res<RawClient> {
@@ -280,18 +293,29 @@ impl RawClient {
                 queue: queue.to_string(),
                 server_queues,
                 fanout_exchange: fanout_exchange.to_string(),
+                topic_exchange: topic_exchange.to_string(),
                 timeout,
                 oslo_props,
             }),
-            confirm_calls: false,
+            oslo_protocol: false,
         })
     }
 
-    /// A handle whose calls confirm every publish (request and reply).
-    pub fn with_confirm_calls(&self) -> RawClient {
+    /// A handle that speaks oslo's protocol (see the module docs): the floor reference.
+    pub fn with_oslo_protocol(&self) -> RawClient {
         RawClient {
             inner: self.inner.clone(),
-            confirm_calls: true,
+            oslo_protocol: true,
+        }
+    }
+
+    /// Exchange and routing key of a request or cast to `queue`, and whether oslo's
+    /// properties apply.
+    fn route<'a>(&'a self, queue: &'a str) -> (&'a str, &'a str, bool) {
+        if self.oslo_protocol {
+            (&self.inner.topic_exchange, queue, true)
+        } else {
+            ("", queue, self.inner.oslo_props)
         }
     }
 
@@ -300,18 +324,19 @@ impl RawClient {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         inner.pending.lock().unwrap().insert(id, tx);
-        let ch = if self.confirm_calls { &inner.confirm_ch } else { &inner.rpc_ch };
+        let ch = if self.oslo_protocol { &inner.confirm_ch } else { &inner.rpc_ch };
+        let (exchange, routing_key, oslo) = self.route(queue);
         let expiration = inner.timeout.as_millis().to_string();
-        let props = oslo_properties(inner.oslo_props, Some(&expiration))
+        let props = oslo_properties(oslo, Some(&expiration))
             .with_reply_to(inner.reply_q.clone())
             .with_correlation_id(id.to_string().into())
             .with_type(kind.into());
         let sent = async {
             let confirm = ch
-                .basic_publish("".into(), queue.into(), publish_options(inner.oslo_props, true), body, props)
+                .basic_publish(exchange.into(), routing_key.into(), publish_options(oslo, true), body, props)
                 .await
                 .map_err(err("publish request"))?;
-            if self.confirm_calls {
+            if self.oslo_protocol {
                 let confirmation = confirm.await.map_err(err("request confirm"))?;
                 if !confirmation.is_ack() {
                     return Err("request nacked".to_string());
@@ -335,7 +360,7 @@ impl RawClient {
 
     /// One echo request/reply of `body`.
     pub async fn echo(&self, body: &[u8]) -> Res<()> {
-        let kind = if self.confirm_calls { "echo_c" } else { "echo" };
+        let kind = if self.oslo_protocol { "echo_c" } else { "echo" };
         let reply = self.request(&self.inner.queue, kind, body).await?;
         if reply.len() != body.len() {
             return Err("echo returned a different body".into());
@@ -356,8 +381,8 @@ impl RawClient {
             .map_err(|e| format!("bad counter reply: {e}"))
     }
 
-    async fn publish_confirmed(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Res<()> {
-        let props = oslo_properties(self.inner.oslo_props, None).with_type("incr".into());
+    async fn publish_confirmed(&self, exchange: &str, routing_key: &str, body: &[u8], oslo: bool) -> Res<()> {
+        let props = oslo_properties(oslo, None).with_type("incr".into());
         let confirm = self
             .inner
             .confirm_ch
@@ -373,12 +398,14 @@ impl RawClient {
 
     /// A cast of `incr` to server `a`'s queue, returning once the broker confirmed it.
     pub async fn cast_incr(&self, body: &[u8]) -> Res<()> {
-        self.publish_confirmed("", &self.inner.queue, body).await
+        let (exchange, routing_key, oslo) = self.route(&self.inner.queue);
+        self.publish_confirmed(exchange, routing_key, body, oslo).await
     }
 
     /// A cast of `incr` to the fanout exchange, returning once the broker confirmed it.
     pub async fn fanout_incr(&self, body: &[u8]) -> Res<()> {
-        self.publish_confirmed(&self.inner.fanout_exchange, "", body).await
+        self.publish_confirmed(&self.inner.fanout_exchange, "", body, self.inner.oslo_props || self.oslo_protocol)
+            .await
     }
 
     /// Close the connection (the reply queue is exclusive: the broker deletes it).

@@ -205,8 +205,9 @@ impl Scenario {
 pub enum Impl {
     Ours,
     Raw,
-    /// Raw lapin with every publish confirmed (requests and replies), as oslo publishes.
-    RawConfirm,
+    /// Raw lapin speaking oslo's protocol: topic exchange, oslo's properties, `mandatory`,
+    /// every publish confirmed (the floor of any oslo-compatible implementation on lapin).
+    RawOslo,
     /// Raw lapin casts with `wide_window` confirms outstanding.
     RawWide,
     Python,
@@ -217,7 +218,7 @@ impl Impl {
         match self {
             Impl::Ours => "ours".into(),
             Impl::Raw => driver.raw_label().into(),
-            Impl::RawConfirm => "raw lapin, every publish confirmed".into(),
+            Impl::RawOslo => "raw lapin, oslo's protocol".into(),
             Impl::RawWide => "raw lapin, wide confirm window".into(),
             Impl::Python => "Python oslo.messaging".into(),
         }
@@ -522,22 +523,33 @@ impl Runner {
         worker.args(["client", "--timeout", &timeout]);
         match driver {
             Driver::Rabbit => {
-                let (qa, qb, fanout) = (
+                let (qa, qb, fanout, topic) = (
                     self.name(driver, "raw.a"),
                     self.name(driver, "raw.b"),
                     self.name(driver, "raw_fanout"),
+                    self.name(driver, "raw_topic"),
                 );
                 self.queues.extend([qa.clone(), qb.clone()]);
-                self.exchanges.push(fanout.clone());
+                self.exchanges.extend([fanout.clone(), topic.clone()]);
                 for (name, q) in [("a", &qa), ("b", &qb)] {
                     let mut cmd = Command::new(&exe);
-                    cmd.args(["serve-raw", q, "--fanout-exchange", &fanout, "--amqp-url", &self.opts.amqp_url]);
+                    cmd.args(["serve-raw", q, "--fanout-exchange", &fanout, "--topic-exchange", &topic]);
+                    cmd.args(["--amqp-url", &self.opts.amqp_url]);
                     if self.opts.raw_oslo_props {
                         cmd.arg("--oslo-props");
                     }
                     servers.push(self.spawn(&format!("{d}-raw-{name}"), cmd, Duration::from_secs(30))?);
                 }
-                worker.args(["--kind", "raw-lapin", "--url", &self.opts.amqp_url, "--fanout", &fanout]);
+                worker.args([
+                    "--kind",
+                    "raw-lapin",
+                    "--url",
+                    &self.opts.amqp_url,
+                    "--fanout",
+                    &fanout,
+                    "--topic-exchange",
+                    &topic,
+                ]);
                 worker.args(["--server", &format!("a={qa}"), "--server", &format!("b={qb}")]);
                 if self.opts.raw_oslo_props {
                     worker.arg("--oslo-props");
@@ -621,11 +633,11 @@ impl Runner {
             Impl::Ours => true,
             Impl::Python => true,
             Impl::Raw => sc != Scenario::Notify,
-            Impl::RawConfirm => {
+            Impl::RawOslo => {
                 driver == Driver::Rabbit
                     && !self.opts.no_refs
                     && payload == smallest
-                    && (sc == Scenario::Seq || (sc == Scenario::Inflight && k == widest))
+                    && (sc == Scenario::Seq || sc == Scenario::Cast || (sc == Scenario::Inflight && k == widest))
             }
             Impl::RawWide => driver == Driver::Rabbit && !self.opts.no_refs && payload == smallest && sc == Scenario::Cast,
         }
@@ -700,7 +712,7 @@ impl Runner {
         for (i, p) in participants.iter().enumerate() {
             kinds.push((p.kind, i));
             if p.kind == Impl::Raw && driver == Driver::Rabbit {
-                kinds.push((Impl::RawConfirm, i));
+                kinds.push((Impl::RawOslo, i));
                 kinds.push((Impl::RawWide, i));
             }
         }
@@ -841,7 +853,7 @@ impl Runner {
             duration_s: o.duration,
             count,
             window,
-            confirm_calls: kind == Impl::RawConfirm,
+            oslo_protocol: kind == Impl::RawOslo,
             notify_topic: self.name(driver, "ours-notify"),
             poll_ms: o.poll_ms,
             bound_s: 120.0,

@@ -36,8 +36,8 @@ pub struct Cmd {
     /// cast, fanout, notify: how many, and how many concurrent senders.
     pub count: u64,
     pub window: usize,
-    /// Raw lapin: confirm every publish of a call (the reference variant).
-    pub confirm_calls: bool,
+    /// Raw lapin: speak oslo's protocol (the floor reference variant, see `raw`).
+    pub oslo_protocol: bool,
     /// notify: the topic.
     pub notify_topic: String,
     /// Counter poll interval (ms) and the bound of cast/notify waits (s).
@@ -66,6 +66,8 @@ pub struct WorkerOpts {
     /// Server name -> queue (raw lapin / amqp1) or endpoint (raw zmq).
     pub servers: HashMap<String, String>,
     pub fanout: String,
+    /// raw lapin: the topic exchange of the oslo-protocol reference variant.
+    pub topic_exchange: String,
     pub reply_queue: String,
     pub timeout: Duration,
     /// ours: RPC servers to run inside this process (for `fake://`, whose bus is in memory).
@@ -298,8 +300,8 @@ async fn measure(c: &Client, opts: &WorkerOpts, cmd: &Cmd) -> Res<Measurement> {
     let p = Arc::new(Payload::new(cmd.payload));
     let bound = Duration::from_secs_f64(cmd.bound_s.max(1.0));
     let poll = Duration::from_secs_f64(cmd.poll_ms.max(0.1) / 1e3);
-    let c = match (c, cmd.confirm_calls) {
-        (Client::Lapin(raw), true) => Client::Lapin(raw.with_confirm_calls()),
+    let c = match (c, cmd.oslo_protocol) {
+        (Client::Lapin(raw), true) => Client::Lapin(raw.with_oslo_protocol()),
         _ => c.clone(),
     };
     match cmd.scenario.as_str() {
@@ -356,6 +358,7 @@ pub async fn run(opts: WorkerOpts) -> Res<()> {
                 opts.servers.get("a").ok_or("raw lapin needs server a")?,
                 opts.servers.clone(),
                 &opts.fanout,
+                &opts.topic_exchange,
                 opts.timeout,
                 opts.oslo_props,
             )
