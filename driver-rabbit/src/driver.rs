@@ -16,7 +16,7 @@ use crate::config::RabbitConfig;
 use crate::connect::Connector;
 use crate::hosts::BrokerAddress;
 use crate::listener::{RabbitListener, Replier, ReplyHandler};
-use crate::publisher::{Outgoing, Publisher, ReturnedReplies};
+use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
 use crate::subscription::Subscription;
 use crate::topology::{self, Topology};
 use crate::{DRIVER_NAME, SCHEMES};
@@ -154,7 +154,7 @@ impl RabbitDriver {
     }
 
     /// The reply queue, declared and consumed on first use (callers bound the wait).
-    async fn reply_queue(&self) -> Result<&str> {
+    async fn reply_queue(&self) -> Result<&ReplyQueue> {
         let inner = &self.inner;
         let queue = inner
             .reply_queue
@@ -177,21 +177,21 @@ impl RabbitDriver {
                 Ok::<_, Error>(ReplyQueue { name, subscription })
             })
             .await?;
-        Ok(queue.name.as_str())
+        Ok(queue)
     }
 
     async fn call(&self, target: &Target, topic: &str, context: &JsonMap, message: &JsonMap, options: &SendOptions) -> Result<Value> {
         let started = Instant::now();
         let deadline = options.timeout.map(|t| started + t);
         let timed_out = |what: &str| Error::timeout(format!("Timed out {what} after {:?}.", options.timeout.unwrap_or_default()));
-        let reply_q = match deadline {
+        let reply_queue = match deadline {
             // The deadline cancels the setup from outside, so it always ends as a timeout.
             Some(deadline) => tokio::time::timeout_at(deadline, self.reply_queue())
                 .await
                 .map_err(|_| timed_out("declaring the reply queue"))??,
             None => self.reply_queue().await?,
-        }
-        .to_string();
+        };
+        let reply_q = reply_queue.name.clone();
         let msg_id = codec::new_id();
         let unique_id = codec::new_id();
         let fields = CallFields {
@@ -216,7 +216,7 @@ impl RabbitDriver {
             mandatory: true,
             isolated: false,
         };
-        let published = self.inner.publisher.publish(&out, options.retry);
+        let published = self.publish_call(&out, &reply_queue.subscription, options.retry);
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, published)
                 .await
@@ -231,6 +231,33 @@ impl RabbitDriver {
                 routing_key,
             }),
         }
+    }
+}
+
+impl RabbitDriver {
+    /// Publish a call request: on the reply queue's connection when its publish channel is
+    /// usable and the send connection has declared the exchange (this saves a hand-off to a
+    /// second I/O thread per call), else, or when that attempt is not confirmed, through the
+    /// send connection with its declarations and retries. A request sent twice that way carries
+    /// the same `_unique_id`, so servers handle it once.
+    async fn publish_call(&self, out: &Outgoing<'_>, replies: &Subscription, retry: Retry) -> Result<()> {
+        let publisher = &self.inner.publisher;
+        let exchange = out.exchange.map_or("", |e| e.name.as_str());
+        if let Some(channel) = replies.publish_channel().filter(|_| publisher.has_declared(exchange)) {
+            match publish_direct(&channel, out, publisher.returns()).await {
+                DirectOutcome::Confirmed => return Ok(()),
+                DirectOutcome::Undeliverable => {
+                    return Err(Error::MessageUndeliverable {
+                        exchange: exchange.to_string(),
+                        routing_key: out.routing_key.to_string(),
+                    })
+                }
+                DirectOutcome::Failed(reason) => {
+                    tracing::debug!(reason = %reason, "call not sent on the reply connection; using the send connection");
+                }
+            }
+        }
+        publisher.publish(out, retry).await
     }
 }
 

@@ -23,20 +23,35 @@
 //!
 //! # Connections, channels and acknowledgements
 //!
-//! * **Sending**: one connection per driver. Calls, casts, notifications and replies share one
-//!   confirm-mode channel; every publisher awaits its own confirm without holding a lock, so
-//!   confirms are windowed. `at_least_once` casts and call-monitor heartbeats lease a
-//!   confirm-mode channel of their own for one publish (see the `publisher` module notes on
-//!   why returned messages need this care with lapin).
+//! * **Sending**: one connection per driver, opened on the first send. Casts, notifications,
+//!   heartbeats and the first call to each exchange (which declares it) share one confirm-mode
+//!   channel; every publisher awaits its own confirm without holding a lock, so confirms are
+//!   windowed. `at_least_once` casts and call-monitor heartbeats lease a confirm-mode channel of
+//!   their own for one publish (see the `publisher` module notes on why returned messages need
+//!   this care with lapin).
 //! * **Replies** (client side): one connection, one `reply_<uuid hex>` queue per driver,
 //!   declared on the first call; replies are acked on arrival without waiting for lapin's I/O
-//!   thread and routed with [`oslo_core::reply::ReplyWaiters`].
-//! * **Listeners**: one connection and channel per `listen` / `listen_for_notifications`.
-//!   Deliveries are decoded on the consuming task and handed out through a channel, so
-//!   [`oslo_core::Listener::next`] is cancel safe. Malformed messages (no
-//!   `application/json` content type, not JSON, bad envelope) are logged and rejected without
-//!   requeue; duplicate `_unique_id`s (16-entry window) are acked and dropped. RPC requests are
-//!   acked when the server takes them (before dispatch), notifications when the listener says so.
+//!   thread and routed with [`oslo_core::reply::ReplyWaiters`]. Calls are published on a
+//!   confirm-mode channel of this connection once the send connection has declared their
+//!   exchange.
+//! * **Listeners**: one connection per `listen` / `listen_for_notifications`. Deliveries are
+//!   decoded on the consuming task and handed out through a channel, so
+//!   [`oslo_core::Listener::next`] is cancel safe. Malformed messages (no `application/json`
+//!   content type, not JSON, bad envelope) are logged and rejected without requeue; the RPC
+//!   server drops repeated `_unique_id`s (see [`oslo_core::codec::DuplicateFilter`]). RPC
+//!   requests are acked when the server takes them (before dispatch), notifications when the
+//!   listener says so. An RPC listener's replies go out on a confirm-mode channel of its own
+//!   connection.
+//! * **Why calls and replies ride the consuming connections**: lapin drives each connection
+//!   from an OS thread of its own, so every message published on a second connection costs
+//!   another thread hand-off (the benchmark measured about a third of an RPC server's CPU per
+//!   call). oslo uses separate connections because py-amqp connections are not thread safe;
+//!   nothing on the wire depends on it. RabbitMQ's advice to keep publishers and consumers
+//!   apart is about resource alarms: a connection that publishes while an alarm is raised is
+//!   no longer read, so its acks would wait too. So while the broker reports the connection
+//!   `blocked`, and whenever that channel cannot be used or a publish there is not confirmed,
+//!   messages go through the send connection instead (a request resent that way keeps its
+//!   `_unique_id`, so it is handled once).
 //! * `rabbit_qos_prefetch_count` (0 = unlimited, oslo's default) bounds what a listener holds
 //!   unacknowledged; set it to bound memory when servers fall behind.
 //!
@@ -49,7 +64,8 @@
 //! ```
 //!
 //! The topology and reconnect tests also use `rabbitmqctl` (run as root) when it is available.
-//! `examples/rabbit_bench.rs` measures latency and throughput against raw lapin.
+//! The workspace's `bench` crate measures latency and throughput against raw lapin and Python
+//! (see `BENCHMARKS.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> oslo_core::Result<()> {

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::RabbitConfig;
-use crate::publisher::{Outgoing, Publisher, ReturnedReplies};
-use crate::subscription::{DeliveryHandler, Subscription};
+use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
+use crate::subscription::{DeliveryHandler, Origin, PublishChannel, Subscription};
 use crate::util::{ObsoleteReplyQueues, RecentIds};
 
 /// How often a reply to a missing reply queue is tried again (oslo: 0.25 s).
@@ -81,8 +81,8 @@ impl Replier {
         }
     }
 
-    async fn publish(&self, reply_q: &str, body: &[u8], isolated: bool) -> Result<()> {
-        let out = Outgoing {
+    fn outgoing<'a>(&self, reply_q: &'a str, body: &'a [u8], isolated: bool) -> Outgoing<'a> {
+        Outgoing {
             exchange: None,
             queue: None,
             routing_key: reply_q,
@@ -90,22 +90,45 @@ impl Replier {
             expiration: None,
             mandatory: self.config.direct_mandatory_flag,
             isolated,
-        };
-        self.publisher.publish(&out, Retry::Forever).await
+        }
+    }
+
+    async fn publish(&self, reply_q: &str, body: &[u8], isolated: bool) -> Result<()> {
+        self.publisher
+            .publish(&self.outgoing(reply_q, body, isolated), Retry::Forever)
+            .await
     }
 
     /// Send the final reply (oslo `AMQPIncomingMessage.reply`): retried every 0.25 s while the
     /// reply queue is missing, for up to `kombu_missing_consumer_retry_timeout`; then the queue
     /// is remembered as obsolete for 60 s and the reply dropped with an error log. Never fails
     /// because the caller is gone.
-    pub(crate) async fn send_reply(&self, reply_q: &str, reply: Reply) -> Result<()> {
+    ///
+    /// The first attempt goes out on `direct`, the request's own connection, when it has a
+    /// usable publish channel; anything but a confirm there hands the reply to the send
+    /// connection (a returned reply enters the missing-queue retries at once).
+    pub(crate) async fn send_reply(&self, reply_q: &str, reply: Reply, direct: Option<&PublishChannel>) -> Result<()> {
         let msg_id = reply.msg_id.clone();
         if self.obsolete.contains(reply_q) {
             tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
             return Ok(());
         }
         let body = reply.encode()?;
-        self.send_reply_body(reply_q, &msg_id, &body, Instant::now(), false).await
+        let started = Instant::now();
+        if let Some(channel) = direct.and_then(PublishChannel::usable) {
+            match publish_direct(channel, &self.outgoing(reply_q, &body, false), self.publisher.returns()).await {
+                DirectOutcome::Confirmed => return Ok(()),
+                DirectOutcome::Undeliverable => {
+                    tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
+                    tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
+                    return self.send_reply_body(reply_q, &msg_id, &body, started, true).await;
+                }
+                DirectOutcome::Failed(reason) => {
+                    tracing::debug!(msg_id = %msg_id, reason = %reason, "reply not sent on the consuming connection; using the send connection");
+                }
+            }
+        }
+        self.send_reply_body(reply_q, &msg_id, &body, started, false).await
     }
 
     async fn send_reply_body(&self, reply_q: &str, msg_id: &str, body: &[u8], started: Instant, mut logged: bool) -> Result<()> {
@@ -198,6 +221,8 @@ enum Kind {
 struct RabbitIncoming {
     request: IncomingRequest,
     channel: Channel,
+    /// The consuming connection's publish channel (RPC requests: the reply goes there).
+    publish_channel: Option<PublishChannel>,
     delivery_tag: u64,
     kind: Kind,
     replied: AtomicBool,
@@ -241,7 +266,9 @@ impl IncomingMessage for RabbitIncoming {
             tracing::warn!(msg_id = %msg_id, "request without _reply_q (pre-9.0 client?); dropping the reply");
             return Ok(());
         };
-        replier.send_reply(reply_q, Reply::final_reply(msg_id.clone(), outcome)).await
+        replier
+            .send_reply(reply_q, Reply::final_reply(msg_id.clone(), outcome), self.publish_channel.as_ref())
+            .await
     }
 
     async fn heartbeat(&self) -> Result<()> {
@@ -318,13 +345,18 @@ pub(crate) struct RpcHandler {
 }
 
 impl DeliveryHandler for RpcHandler {
-    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
-        let Some(request) = decode_or_drop(queue, channel, &delivery) else {
+    fn wants_publish_channel(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
+        let Some(request) = decode_or_drop(origin.queue, origin.channel, &delivery) else {
             return;
         };
         let message = RabbitIncoming {
             request,
-            channel: channel.clone(),
+            channel: origin.channel.clone(),
+            publish_channel: origin.publish_channel.cloned(),
             delivery_tag: delivery.delivery_tag,
             kind: Kind::Rpc {
                 replier: self.replier.clone(),
@@ -344,7 +376,8 @@ pub(crate) struct NotificationHandler {
 }
 
 impl DeliveryHandler for NotificationHandler {
-    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery) {
+    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
+        let (queue, channel) = (origin.queue, origin.channel);
         let Some(request) = decode_or_drop(queue, channel, &delivery) else {
             return;
         };
@@ -358,6 +391,7 @@ impl DeliveryHandler for NotificationHandler {
         let message = RabbitIncoming {
             request,
             channel: channel.clone(),
+            publish_channel: None,
             delivery_tag: delivery.delivery_tag,
             kind: Kind::Notification {
                 recent: self.recent.clone(),
@@ -375,12 +409,18 @@ pub(crate) struct ReplyHandler {
 }
 
 impl DeliveryHandler for ReplyHandler {
+    // The driver publishes its calls on the reply queue's connection.
+    fn wants_publish_channel(&self) -> bool {
+        true
+    }
+
     // The reply queue is the only consumer on its channel: replies are acked per burst.
     fn acks_on_receipt(&self) -> bool {
         true
     }
 
-    fn handle(&self, queue: &str, _channel: &Channel, delivery: Delivery) {
+    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
+        let queue = origin.queue;
         match decode_delivery(&delivery).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
             Ok(reply) => {
                 self.waiters.deliver(reply);

@@ -155,7 +155,7 @@ impl Publisher {
     }
 
     /// Where returned messages found on other publishers' confirms go.
-    pub(crate) fn returns(&self) -> &ReturnRouter {
+    pub(crate) fn returns(&self) -> &Arc<ReturnRouter> {
         &self.returns
     }
 
@@ -289,6 +289,13 @@ impl Publisher {
             }
             tokio::time::sleep(self.connector.config().retry_interval(rounds)).await;
         }
+    }
+
+    /// Whether the live send connection has declared `exchange` (declarations are broker-wide,
+    /// so a publish on another connection may rely on it).
+    pub(crate) fn has_declared(&self, exchange: &str) -> bool {
+        self.usable()
+            .is_some_and(|c| c.exchanges.lock().expect("declare cache poisoned").contains(exchange))
     }
 
     fn usable(&self) -> Option<Arc<SendConnection>> {
@@ -437,7 +444,7 @@ impl SendConnection {
         let properties = message_properties(out.expiration.as_deref());
         let outcome = if out.isolated {
             let mut lease = self.lease().await?;
-            let outcome = self.publish_on(lease.channel(), out, properties, returns).await;
+            let outcome = publish_on(lease.channel(), out, properties, returns, |e| classify(&self.connection, e)).await;
             lease.done = outcome.is_ok() || matches!(outcome, Err(Failure::Undeliverable) | Err(Failure::Nacked));
             outcome
         } else {
@@ -447,7 +454,7 @@ impl SendConnection {
                 MAIN
             };
             let channel = self.shared_channel(which).await?;
-            self.publish_on(&channel, out, properties, returns).await
+            publish_on(&channel, out, properties, returns, |e| classify(&self.connection, e)).await
         };
         match outcome {
             // An auto-delete (fanout) exchange is declared once and cached, as oslo does; when
@@ -463,65 +470,6 @@ impl SendConnection {
                 }),
             },
             other => other,
-        }
-    }
-
-    async fn publish_on(
-        &self,
-        channel: &Channel,
-        out: &Outgoing<'_>,
-        properties: BasicProperties,
-        returns: &Arc<ReturnRouter>,
-    ) -> std::result::Result<(), Failure> {
-        let options = BasicPublishOptions {
-            mandatory: out.mandatory,
-            immediate: false,
-        };
-        let confirm = channel
-            .basic_publish(out.exchange_name().into(), out.routing_key.into(), options, out.body, properties)
-            .await
-            .map_err(|e| classify(&self.connection, e))?;
-        // If this future is dropped (a caller's timeout), the guard keeps waiting for the
-        // confirm in the background: lapin would otherwise keep the dropped confirm forever,
-        // with any other publisher's returned message it carries.
-        let mut guard = ConfirmGuard {
-            confirm: Some(confirm),
-            returns: returns.clone(),
-        };
-        let outcome = guard.confirm.as_mut().expect("confirm present").await;
-        guard.confirm = None;
-        let (acked, returned) = match outcome {
-            Ok(Confirmation::Ack(returned)) => (true, returned),
-            Ok(Confirmation::Nack(returned)) => (false, returned),
-            Ok(Confirmation::NotRequested) => (true, None),
-            Err(error) if amqp_code(&error) == Some(codes::NOT_FOUND) => return Err(Failure::NotFound),
-            Err(error) => return Err(classify(&self.connection, error)),
-        };
-        if let Some(returned) = returned {
-            let mine = returned.delivery.routing_key.as_str() == out.routing_key && returned.delivery.data == out.body;
-            if mine && out.mandatory {
-                tracing::debug!(
-                    exchange = out.exchange_name(),
-                    routing_key = out.routing_key,
-                    reply_code = returned.reply_code,
-                    "message returned by the broker"
-                );
-                return Err(Failure::Undeliverable);
-            }
-            if mine {
-                tracing::warn!(
-                    reply_code = returned.reply_code,
-                    "unexpected basic.return on a non-mandatory publish"
-                );
-            } else {
-                // Another publisher's message, surfaced on this confirm (multiple ack).
-                returns.route(returned);
-            }
-        }
-        if acked {
-            Ok(())
-        } else {
-            Err(Failure::Nacked)
         }
     }
 
@@ -617,6 +565,93 @@ impl SendConnection {
                 tracing::debug!(error = %error, "closing the send connection failed");
             }
         }
+    }
+}
+
+/// Publish on `channel` (in confirm mode) and wait for the broker's confirm; `classify` maps a
+/// channel or connection error to its [`Failure`].
+async fn publish_on(
+    channel: &Channel,
+    out: &Outgoing<'_>,
+    properties: BasicProperties,
+    returns: &Arc<ReturnRouter>,
+    classify: impl Fn(lapin::Error) -> Failure,
+) -> std::result::Result<(), Failure> {
+    let options = BasicPublishOptions {
+        mandatory: out.mandatory,
+        immediate: false,
+    };
+    let confirm = channel
+        .basic_publish(out.exchange_name().into(), out.routing_key.into(), options, out.body, properties)
+        .await
+        .map_err(&classify)?;
+    // If this future is dropped (a caller's timeout), the guard keeps waiting for the
+    // confirm in the background: lapin would otherwise keep the dropped confirm forever,
+    // with any other publisher's returned message it carries.
+    let mut guard = ConfirmGuard {
+        confirm: Some(confirm),
+        returns: returns.clone(),
+    };
+    let outcome = guard.confirm.as_mut().expect("confirm present").await;
+    guard.confirm = None;
+    let (acked, returned) = match outcome {
+        Ok(Confirmation::Ack(returned)) => (true, returned),
+        Ok(Confirmation::Nack(returned)) => (false, returned),
+        Ok(Confirmation::NotRequested) => (true, None),
+        Err(error) if amqp_code(&error) == Some(codes::NOT_FOUND) => return Err(Failure::NotFound),
+        Err(error) => return Err(classify(error)),
+    };
+    if let Some(returned) = returned {
+        let mine = returned.delivery.routing_key.as_str() == out.routing_key && returned.delivery.data == out.body;
+        if mine && out.mandatory {
+            tracing::debug!(
+                exchange = out.exchange_name(),
+                routing_key = out.routing_key,
+                reply_code = returned.reply_code,
+                "message returned by the broker"
+            );
+            return Err(Failure::Undeliverable);
+        }
+        if mine {
+            tracing::warn!(
+                reply_code = returned.reply_code,
+                "unexpected basic.return on a non-mandatory publish"
+            );
+        } else {
+            // Another publisher's message, surfaced on this confirm (multiple ack).
+            returns.route(returned);
+        }
+    }
+    if acked {
+        Ok(())
+    } else {
+        Err(Failure::Nacked)
+    }
+}
+
+/// How a single reply publish on a [`crate::subscription::ReplyChannel`] ended.
+#[derive(Debug)]
+pub(crate) enum DirectOutcome {
+    /// The broker confirmed it.
+    Confirmed,
+    /// It was returned: no queue for the routing key.
+    Undeliverable,
+    /// It may not have been sent (channel closed, nack...): send it through the send connection.
+    Failed(String),
+}
+
+/// Publish once on `channel` (confirm mode), without declarations or retries.
+pub(crate) async fn publish_direct(channel: &Channel, out: &Outgoing<'_>, returns: &Arc<ReturnRouter>) -> DirectOutcome {
+    let properties = message_properties(out.expiration.as_deref());
+    let outcome = publish_on(channel, out, properties, returns, |error| Failure::Retryable {
+        reason: error.to_string(),
+        connection_lost: false,
+    })
+    .await;
+    match outcome {
+        Ok(()) => DirectOutcome::Confirmed,
+        Err(Failure::Undeliverable) => DirectOutcome::Undeliverable,
+        Err(failure) => DirectOutcome::Failed(format!("{failure:?}")),
     }
 }
 

@@ -3,14 +3,15 @@
 //! (failover, backoff) and restores the same queues, bindings and consumers by itself.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
@@ -22,11 +23,45 @@ use tokio::time::Instant;
 use crate::connect::{amqp_code, is_durable_mismatch, Connector};
 use crate::topology::{consumer_arguments, Topology};
 
+/// A confirm-mode channel on a subscription's own connection, for publishing (an RPC server's
+/// replies, a client's requests) without handing each message to a second connection's I/O
+/// thread (see [`DeliveryHandler::wants_publish_channel`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PublishChannel {
+    channel: Channel,
+    /// Set while the broker has announced `connection.blocked` (a resource alarm).
+    blocked: Arc<AtomicBool>,
+}
+
+impl PublishChannel {
+    /// The channel, unless the connection is blocked or the channel closed. While an alarm
+    /// blocks publishers, a connection that publishes is no longer read by the broker, so its
+    /// acks would wait too: messages then go through the driver's send connection.
+    pub(crate) fn usable(&self) -> Option<&Channel> {
+        (!self.blocked.load(Ordering::Acquire) && self.channel.status().connected()).then_some(&self.channel)
+    }
+}
+
+/// Where a delivery came from: its consuming channel (settle it there: ack / reject) and, for
+/// handlers that asked for one, the connection's publish channel.
+pub(crate) struct Origin<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) channel: &'a Channel,
+    pub(crate) publish_channel: Option<&'a PublishChannel>,
+}
+
 /// Receives the deliveries of a subscription, on the consuming task (keep it short: decode,
 /// filter, forward).
 pub(crate) trait DeliveryHandler: Send + Sync + 'static {
-    /// One delivery from `queue`, received on `channel` (settle it there: ack / reject).
-    fn handle(&self, queue: &str, channel: &Channel, delivery: Delivery);
+    /// One delivery, with where it came from.
+    fn handle(&self, origin: &Origin<'_>, delivery: Delivery);
+
+    /// Whether the subscription opens a [`PublishChannel`] on its connection (RPC servers reply
+    /// there, clients publish their calls there: it saves a thread hand-off per message; what
+    /// cannot go there falls back to the send connection).
+    fn wants_publish_channel(&self) -> bool {
+        false
+    }
 
     /// Whether the subscription itself acks every delivery on receipt, one `basic.ack` with
     /// `multiple` per burst, instead of the handler settling each. Only valid for a topology
@@ -45,6 +80,8 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     commands: mpsc::UnboundedSender<Command>,
+    /// The current session's publish channel, when the handler asked for one.
+    publish_channel: Arc<std::sync::Mutex<Option<PublishChannel>>>,
 }
 
 /// Why setting up a session failed.
@@ -66,6 +103,8 @@ impl SetupError {
 struct Session {
     connection: Connection,
     channel: Channel,
+    /// Mirrors `connection.blocked` / `connection.unblocked` for the reply channel.
+    blocked: Arc<AtomicBool>,
     tags: Vec<String>,
     forwarders: JoinSet<String>,
     events: Pin<Box<dyn Stream<Item = Event> + Send>>,
@@ -83,8 +122,9 @@ impl Subscription {
         purpose: &'static str,
     ) -> Result<Subscription> {
         let topology = Arc::new(topology);
+        let publish_channel = Arc::new(std::sync::Mutex::new(None));
         let session = loop {
-            match establish(&connector, &topology, &handler, deadline, purpose).await {
+            match establish(&connector, &topology, &handler, &publish_channel, deadline, purpose).await {
                 Ok(session) => break session,
                 Err(SetupError::Fatal(error)) => return Err(error),
                 Err(SetupError::Retryable(error)) => {
@@ -97,8 +137,22 @@ impl Subscription {
             }
         };
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(supervise(session, receiver, connector, topology, handler, purpose));
-        Ok(Subscription { commands })
+        tokio::spawn(supervise(
+            session,
+            receiver,
+            connector,
+            topology,
+            handler,
+            publish_channel.clone(),
+            purpose,
+        ));
+        Ok(Subscription { commands, publish_channel })
+    }
+
+    /// The live session's publish channel, if the handler asked for one and it is usable now.
+    pub(crate) fn publish_channel(&self) -> Option<Channel> {
+        let current = self.publish_channel.lock().expect("publish channel slot poisoned");
+        current.as_ref().and_then(PublishChannel::usable).cloned()
     }
 
     /// Cancel the consumers (no new deliveries); the connection stays for acks and cleanup.
@@ -124,6 +178,7 @@ async fn supervise(
     connector: Arc<Connector>,
     topology: Arc<Topology>,
     handler: Arc<dyn DeliveryHandler>,
+    publish_channel: Arc<std::sync::Mutex<Option<PublishChannel>>>,
     purpose: &'static str,
 ) {
     let mut session = Some(session);
@@ -187,7 +242,7 @@ async fn supervise(
                         }
                         None => return,
                     },
-                    restored = restore(&connector, &topology, &handler, purpose) => {
+                    restored = restore(&connector, &topology, &handler, &publish_channel, purpose) => {
                         tracing::info!(purpose, "consumers restored after reconnect");
                         session = Some(restored);
                     }
@@ -203,12 +258,13 @@ async fn restore(
     connector: &Arc<Connector>,
     topology: &Arc<Topology>,
     handler: &Arc<dyn DeliveryHandler>,
+    publish_channel: &std::sync::Mutex<Option<PublishChannel>>,
     purpose: &'static str,
 ) -> Session {
     tokio::time::sleep(connector.config().reconnect_delay()).await;
     let mut failures: u32 = 0;
     loop {
-        match establish(connector, topology, handler, None, purpose).await {
+        match establish(connector, topology, handler, publish_channel, None, purpose).await {
             Ok(session) => return session,
             Err(setup) => {
                 failures += 1;
@@ -256,6 +312,7 @@ async fn establish(
     connector: &Arc<Connector>,
     topology: &Arc<Topology>,
     handler: &Arc<dyn DeliveryHandler>,
+    publish_slot: &std::sync::Mutex<Option<PublishChannel>>,
     deadline: Option<Instant>,
     purpose: &'static str,
 ) -> std::result::Result<Session, SetupError> {
@@ -335,6 +392,23 @@ async fn establish(
             })?;
     }
 
+    let blocked = Arc::new(AtomicBool::new(false));
+    let publish_channel = if handler.wants_publish_channel() {
+        let reply = connection
+            .create_channel()
+            .await
+            .map_err(|e| setup_error(&connection, e, "opening the publish channel"))?;
+        reply
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| setup_error(&connection, e, "confirm.select"))?;
+        Some(PublishChannel {
+            channel: reply,
+            blocked: blocked.clone(),
+        })
+    } else {
+        None
+    };
     let arguments = consumer_arguments(connector.config());
     let mut forwarders = JoinSet::new();
     let mut tags = Vec::new();
@@ -350,12 +424,20 @@ async fn establish(
             )
             .await
             .map_err(|e| setup_error(&connection, e, &format!("consuming from queue {queue:?}")))?;
-        forwarders.spawn(forward(consumer, channel.clone(), queue.clone(), handler.clone()));
+        forwarders.spawn(forward(
+            consumer,
+            channel.clone(),
+            publish_channel.clone(),
+            queue.clone(),
+            handler.clone(),
+        ));
         tags.push(tag);
     }
+    *publish_slot.lock().expect("publish channel slot poisoned") = publish_channel;
     Ok(Session {
         connection,
         channel,
+        blocked,
         tags,
         forwarders,
         events,
@@ -363,27 +445,38 @@ async fn establish(
 }
 
 /// Pump one consumer's deliveries into the handler; returns why it ended.
-async fn forward(mut consumer: Consumer, channel: Channel, queue: String, handler: Arc<dyn DeliveryHandler>) -> String {
+async fn forward(
+    mut consumer: Consumer,
+    channel: Channel,
+    publish_channel: Option<PublishChannel>,
+    queue: String,
+    handler: Arc<dyn DeliveryHandler>,
+) -> String {
     use futures::FutureExt;
     let ack_on_receipt = handler.acks_on_receipt();
+    let origin = Origin {
+        queue: &queue,
+        channel: &channel,
+        publish_channel: publish_channel.as_ref(),
+    };
     while let Some(item) = consumer.next().await {
         let delivery = match item {
             Ok(delivery) => delivery,
             Err(error) => return format!("consumer on queue {queue:?} failed: {error}"),
         };
         if !ack_on_receipt {
-            handler.handle(&queue, &channel, delivery);
+            handler.handle(&origin, delivery);
             continue;
         }
         // Take the whole burst that is already here, then ack it with one frame.
         let mut last_tag = delivery.delivery_tag;
-        handler.handle(&queue, &channel, delivery);
+        handler.handle(&origin, delivery);
         let mut ended = None;
         loop {
             match consumer.next().now_or_never() {
                 Some(Some(Ok(delivery))) => {
                     last_tag = delivery.delivery_tag;
-                    handler.handle(&queue, &channel, delivery);
+                    handler.handle(&origin, delivery);
                 }
                 Some(Some(Err(error))) => {
                     ended = Some(format!("consumer on queue {queue:?} failed: {error}"));
@@ -419,8 +512,14 @@ impl Session {
                         tracing::debug!(error = %error, "a channel of the consuming connection was closed");
                     }
                     Some(Event::Error(error)) => return format!("connection error: {error}"),
-                    Some(Event::ConnectionBlocked(reason)) => tracing::warn!(reason = %reason, "The broker has blocked the connection"),
-                    Some(Event::ConnectionUnblocked) => tracing::info!("The broker has unblocked the connection"),
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        self.blocked.store(true, Ordering::Release);
+                        tracing::warn!(reason = %reason, "The broker has blocked the connection");
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        self.blocked.store(false, Ordering::Release);
+                        tracing::info!("The broker has unblocked the connection");
+                    }
                     Some(_) => {}
                     None => return "connection closed".into(),
                 },

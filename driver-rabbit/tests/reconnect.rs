@@ -74,8 +74,9 @@ async fn calls_work_again_after_connections_are_closed() {
 
     for round in 0..2 {
         let closed = common::close_connections_named(&name).await.unwrap();
-        // Server listener, server reply sender, client reply consumer, client sender.
-        assert!(closed >= 4, "round {round}: closed {closed} connections");
+        // Server listener (which also carries its replies), client reply consumer (which also
+        // carries its calls), client sender (opened by the first call, which declares the exchange).
+        assert!(closed >= 3, "round {round}: closed {closed} connections");
         let took = call_until_ok(&client, Duration::from_secs(30)).await;
         eprintln!("round {round}: calls work again after {took:?}");
         // The same reply and fanout queues are consumed again, no new ones made.
@@ -166,7 +167,8 @@ async fn calls_in_flight_during_a_connection_loss_end_within_their_timeout() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = ok.load(Ordering::Relaxed);
     let closed = common::close_connections_named(&name).await.unwrap();
-    assert!(closed >= 4, "closed {closed}");
+    // Server listener, client reply consumer, client sender (see the test above).
+    assert!(closed >= 3, "closed {closed}");
     for worker in workers {
         worker.await.unwrap();
     }

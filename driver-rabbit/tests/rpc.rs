@@ -124,6 +124,57 @@ async fn call_cast_fanout_round_trip() {
     common::delete_queues(&url, &[topic.clone(), format!("{topic}.s1"), reply_q]).await;
 }
 
+/// Each side publishes on the connection it consumes on: a server replies on its listener's
+/// connection and a client sends its calls on its reply queue's connection (one I/O thread
+/// per message instead of two). The client's send connection only carries the first call, which
+/// declares the exchange, and the server never needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_replies_travel_on_the_consuming_connections() {
+    let url = require_broker!();
+    if common::rabbitmqctl(&["status", "-q"]).is_none() {
+        eprintln!("skipping: rabbitmqctl is not usable here");
+        return;
+    }
+    let topic = common::unique("rt-conns");
+    let (server_name, client_name) = (common::unique("rt-conns-server"), common::unique("rt-conns-client"));
+    let (server_transport, _) = common::transport(&url, &[("connection_name", server_name.as_str())]);
+    let (client_transport, client_driver) = common::transport(&url, &[("connection_name", client_name.as_str())]);
+    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
+        .endpoint(endpoint(Arc::default()))
+        .start()
+        .await
+        .unwrap();
+    let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(10));
+    let ctxt = common::context();
+    const CALLS: u64 = 200;
+    for i in 0..CALLS {
+        assert_eq!(client.call(&ctxt, "echo", json!({"value": i})).await.unwrap(), json!(i));
+    }
+    // Every reply body alone is over 100 bytes, every request body over 300.
+    let server_bytes = common::bytes_received_named(&server_name).await.unwrap();
+    assert_eq!(
+        server_bytes.len(),
+        1,
+        "the server has only its listener connection: {server_bytes:?}"
+    );
+    assert!(
+        server_bytes[0] >= 100 * CALLS,
+        "replies go out on the listener connection: {server_bytes:?}"
+    );
+    let mut client_bytes = common::bytes_received_named(&client_name).await.unwrap();
+    client_bytes.sort_unstable();
+    assert_eq!(client_bytes.len(), 2, "reply connection and send connection: {client_bytes:?}");
+    let (send, reply) = (client_bytes[0], client_bytes[1]);
+    assert!(reply >= 300 * (CALLS - 1), "calls go out on the reply connection: {client_bytes:?}");
+    assert!(send < 20 * 300, "the send connection carried only the first call: {client_bytes:?}");
+
+    let reply_q = client_driver.reply_queue_name().unwrap().to_string();
+    server.shutdown().await;
+    client_transport.cleanup().await;
+    server_transport.cleanup().await;
+    common::delete_queues(&url, &[topic.clone(), format!("{topic}.s1"), reply_q]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_without_server_fails_fast_with_undeliverable() {
     let url = require_broker!();

@@ -222,6 +222,23 @@ pub async fn connection_rows() -> Option<Vec<String>> {
     .ok()?
 }
 
+/// How many bytes the broker received on each connection whose `connection_name` is `name`
+/// (`rabbitmqctl list_connections recv_oct`), or `None` without rabbitmqctl.
+pub async fn bytes_received_named(name: &str) -> Option<Vec<u64>> {
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let text = rabbitmqctl(&["list_connections", "recv_oct", "client_properties", "-q", "--no-table-headers"])?;
+        let counts = text
+            .lines()
+            .filter(|line| line.contains(&format!("\"{name}\"")) || line.contains(&format!("<<\"{name}\">>")))
+            .filter_map(|line| line.split('\t').next()?.trim().parse().ok())
+            .collect();
+        Some(counts)
+    })
+    .await
+    .ok()?
+}
+
 /// Force-close (as an operator would) every broker connection whose `connection_name` is
 /// `name`, leaving other users' connections alone. Returns how many were closed, or `None`
 /// without rabbitmqctl.
