@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use crate::config::RabbitConfig;
 use crate::connect::Connector;
 use crate::hosts::BrokerAddress;
-use crate::listener::{RabbitListener, Replier, ReplyHandler};
+use crate::listener::{ListenerKind, RabbitListener, Replier, ReplyHandler};
 use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
-use crate::subscription::Subscription;
+use crate::subscription::{Consumers, Subscription};
 use crate::topology::{self, Topology};
 use crate::{DRIVER_NAME, SCHEMES};
 
@@ -167,12 +167,14 @@ impl RabbitDriver {
                     // use ours after cleanup, so it is deleted then (a late reply to it is
                     // handled by the server like any reply to a vanished caller).
                     delete_on_cleanup: vec![name.clone()],
+                    // The driver's calls go out on this connection.
+                    publish_channel: true,
                     ..Topology::default()
                 };
                 let handler = Arc::new(ReplyHandler {
                     waiters: inner.waiters.clone(),
                 });
-                let subscription = Subscription::start(inner.connector.clone(), topology, handler, None, "reply").await?;
+                let subscription = Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, "reply").await?;
                 tracing::debug!(reply_queue = %name, "reply queue declared");
                 Ok::<_, Error>(ReplyQueue { name, subscription })
             })
@@ -364,10 +366,13 @@ impl Driver for RabbitDriver {
         let exchange = self.exchange_for(target);
         let fanout_queue = topology::new_fanout_queue_name(topic);
         let topology = topology::rpc_server(&self.inner.config, &exchange, topic, server, &fanout_queue);
-        let (outbox, inbox) = RabbitListener::channel();
-        let handler = Arc::new(RabbitListener::rpc_handler(outbox, self.inner.replier.clone()));
-        let subscription = Subscription::start(self.inner.connector.clone(), topology, handler, None, "rpc listener").await?;
-        Ok(Box::new(RabbitListener::new(inbox, subscription)))
+        let (feeds, feed) = RabbitListener::feed_channel();
+        let subscription = Subscription::start(self.inner.connector.clone(), topology, Consumers::Feed(feeds), None, "rpc listener").await?;
+        Ok(Box::new(RabbitListener::new(
+            ListenerKind::Rpc(self.inner.replier.clone()),
+            feed,
+            subscription,
+        )))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -384,10 +389,16 @@ impl Driver for RabbitDriver {
             });
         }
         let topology = topology::notification_listener(&self.inner.config, &bindings, pool.filter(|p| !p.is_empty()));
-        let (outbox, inbox) = RabbitListener::channel();
-        let handler = Arc::new(RabbitListener::notification_handler(outbox));
-        let subscription = Subscription::start(self.inner.connector.clone(), topology, handler, None, "notification listener").await?;
-        Ok(Box::new(RabbitListener::new(inbox, subscription)))
+        let (feeds, feed) = RabbitListener::feed_channel();
+        let subscription = Subscription::start(
+            self.inner.connector.clone(),
+            topology,
+            Consumers::Feed(feeds),
+            None,
+            "notification listener",
+        )
+        .await?;
+        Ok(Box::new(RabbitListener::new(ListenerKind::notification(), feed, subscription)))
     }
 
     async fn cleanup(&self) {

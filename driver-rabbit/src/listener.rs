@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::stream::{self, BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::RabbitConfig;
 use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
-use crate::subscription::{DeliveryHandler, Origin, PublishChannel, Subscription};
+use crate::subscription::{DeliveryHandler, Feed, Origin, PublishChannel, Subscription};
 use crate::util::{ObsoleteReplyQueues, RecentIds};
 
 /// How often a reply to a missing reply queue is tried again (oslo: 0.25 s).
@@ -316,8 +317,6 @@ impl IncomingMessage for RabbitIncoming {
     }
 }
 
-type Outbox = mpsc::UnboundedSender<Box<dyn IncomingMessage>>;
-
 /// How many recent `_unique_id`s a listener remembers (oslo `_MsgIdCache` keeps 16; see
 /// [`codec::DEFAULT_DUPLICATE_WINDOW`] for why ours is larger).
 const DUPLICATE_WINDOW: usize = codec::DEFAULT_DUPLICATE_WINDOW;
@@ -335,70 +334,54 @@ fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option
     }
 }
 
-/// Turns RPC request deliveries into incoming messages (oslo `RpcAMQPListener`).
-///
-/// Duplicates are left to the RPC server, which drops a repeated `_unique_id` (see
-/// `RabbitIncoming::unique_id`).
-pub(crate) struct RpcHandler {
-    outbox: Outbox,
-    replier: Arc<Replier>,
+/// What a listener turns its deliveries into.
+#[derive(Debug)]
+pub(crate) enum ListenerKind {
+    /// RPC requests (oslo `RpcAMQPListener`). Duplicates are left to the RPC server, which
+    /// drops a repeated `_unique_id` (see `RabbitIncoming::unique_id`).
+    Rpc(Arc<Replier>),
+    /// Notifications (oslo `NotificationAMQPListener`): duplicates are checked on receive and
+    /// recorded on acknowledge.
+    Notification(Arc<RecentIds>),
 }
 
-impl DeliveryHandler for RpcHandler {
-    fn wants_publish_channel(&self) -> bool {
-        true
+impl ListenerKind {
+    /// A notification listener's kind, with its own duplicate window.
+    pub(crate) fn notification() -> Self {
+        ListenerKind::Notification(Arc::new(RecentIds::new(DUPLICATE_WINDOW)))
     }
 
-    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
-        let Some(request) = decode_or_drop(origin.queue, origin.channel, &delivery) else {
-            return;
+    /// The incoming message for `delivery`, or `None` when it was malformed (rejected) or a
+    /// duplicate notification (acked).
+    fn take(&self, origin: &Origin<'_>, delivery: Delivery) -> Option<Box<dyn IncomingMessage>> {
+        let request = decode_or_drop(origin.queue, origin.channel, &delivery)?;
+        let kind = match self {
+            ListenerKind::Rpc(replier) => Kind::Rpc {
+                replier: replier.clone(),
+            },
+            ListenerKind::Notification(recent) => {
+                if let Some(unique_id) = &request.unique_id {
+                    if recent.contains(unique_id) {
+                        tracing::info!(queue = origin.queue, unique_id = %unique_id, "ignoring duplicate message");
+                        let _ = ack_now(origin.channel, delivery.delivery_tag);
+                        return None;
+                    }
+                }
+                Kind::Notification { recent: recent.clone() }
+            }
         };
-        let message = RabbitIncoming {
+        let publish_channel = match kind {
+            Kind::Rpc { .. } => origin.publish_channel.cloned(),
+            Kind::Notification { .. } => None,
+        };
+        Some(Box::new(RabbitIncoming {
             request,
             channel: origin.channel.clone(),
-            publish_channel: origin.publish_channel.cloned(),
+            publish_channel,
             delivery_tag: delivery.delivery_tag,
-            kind: Kind::Rpc {
-                replier: self.replier.clone(),
-            },
+            kind,
             replied: AtomicBool::new(false),
-        };
-        // If the listener is gone the message is dropped unacked: the broker redelivers it.
-        let _ = self.outbox.send(Box::new(message));
-    }
-}
-
-/// Turns notification deliveries into incoming messages (oslo `NotificationAMQPListener`):
-/// duplicates are checked on receive and recorded on acknowledge.
-pub(crate) struct NotificationHandler {
-    outbox: Outbox,
-    recent: Arc<RecentIds>,
-}
-
-impl DeliveryHandler for NotificationHandler {
-    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
-        let (queue, channel) = (origin.queue, origin.channel);
-        let Some(request) = decode_or_drop(queue, channel, &delivery) else {
-            return;
-        };
-        if let Some(unique_id) = &request.unique_id {
-            if self.recent.contains(unique_id) {
-                tracing::info!(queue, unique_id = %unique_id, "ignoring duplicate message");
-                let _ = ack_now(channel, delivery.delivery_tag);
-                return;
-            }
-        }
-        let message = RabbitIncoming {
-            request,
-            channel: channel.clone(),
-            publish_channel: None,
-            delivery_tag: delivery.delivery_tag,
-            kind: Kind::Notification {
-                recent: self.recent.clone(),
-            },
-            replied: AtomicBool::new(false),
-        };
-        let _ = self.outbox.send(Box::new(message));
+        }))
     }
 }
 
@@ -409,11 +392,6 @@ pub(crate) struct ReplyHandler {
 }
 
 impl DeliveryHandler for ReplyHandler {
-    // The driver publishes its calls on the reply queue's connection.
-    fn wants_publish_channel(&self) -> bool {
-        true
-    }
-
     // The reply queue is the only consumer on its channel: replies are acked per burst.
     fn acks_on_receipt(&self) -> bool {
         true
@@ -430,48 +408,139 @@ impl DeliveryHandler for ReplyHandler {
     }
 }
 
-/// A listener over one supervised consuming connection.
+/// One session's consumers, polled by [`RabbitListener::next`].
+struct LiveFeed {
+    channel: Channel,
+    publish_channel: Option<PublishChannel>,
+    queues: Vec<String>,
+    /// Every consumer's deliveries, tagged with its index in `queues`; a consumer's stream ends
+    /// with an `Err` saying why.
+    deliveries: SelectAll<BoxStream<'static, (usize, std::result::Result<Delivery, String>)>>,
+    ended: mpsc::UnboundedSender<String>,
+}
+
+impl LiveFeed {
+    fn new(feed: Feed) -> Self {
+        let mut queues = Vec::with_capacity(feed.consumers.len());
+        let mut deliveries = SelectAll::new();
+        for (index, (queue, consumer)) in feed.consumers.into_iter().enumerate() {
+            let failed_queue = queue.clone();
+            let cancelled = format!("consumer on queue {queue:?} was cancelled");
+            let stream = consumer
+                .map(move |item| (index, item.map_err(|error| format!("consumer on queue {failed_queue:?} failed: {error}"))))
+                .chain(stream::once(async move { (index, Err(cancelled)) }));
+            deliveries.push(stream.boxed());
+            queues.push(queue);
+        }
+        LiveFeed {
+            channel: feed.channel,
+            publish_channel: feed.publish_channel,
+            queues,
+            deliveries,
+            ended: feed.ended,
+        }
+    }
+
+    fn origin(&self, index: usize) -> Origin<'_> {
+        Origin {
+            queue: &self.queues[index],
+            channel: &self.channel,
+            publish_channel: self.publish_channel.as_ref(),
+        }
+    }
+}
+
+/// A listener over one supervised consuming connection. It polls the session's lapin
+/// consumers itself (a delivery reaches the server's task directly), and adopts the consumers
+/// of each new session after a reconnect.
 pub(crate) struct RabbitListener {
-    inbox: mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>,
+    kind: ListenerKind,
+    feeds: mpsc::UnboundedReceiver<Feed>,
+    live: Option<LiveFeed>,
     subscription: Subscription,
     stopped: bool,
     cleaned: bool,
 }
 
 impl RabbitListener {
-    pub(crate) fn channel() -> (Outbox, mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>) {
+    /// Where a subscription sends its sessions' consumers, and where this listener takes them.
+    pub(crate) fn feed_channel() -> (mpsc::UnboundedSender<Feed>, mpsc::UnboundedReceiver<Feed>) {
         mpsc::unbounded_channel()
     }
 
-    pub(crate) fn rpc_handler(outbox: Outbox, replier: Arc<Replier>) -> RpcHandler {
-        RpcHandler { outbox, replier }
-    }
-
-    pub(crate) fn notification_handler(outbox: Outbox) -> NotificationHandler {
-        NotificationHandler {
-            outbox,
-            recent: Arc::new(RecentIds::new(DUPLICATE_WINDOW)),
-        }
-    }
-
-    pub(crate) fn new(inbox: mpsc::UnboundedReceiver<Box<dyn IncomingMessage>>, subscription: Subscription) -> Self {
+    pub(crate) fn new(kind: ListenerKind, feeds: mpsc::UnboundedReceiver<Feed>, subscription: Subscription) -> Self {
         RabbitListener {
-            inbox,
+            kind,
+            feeds,
+            live: None,
             subscription,
             stopped: false,
             cleaned: false,
         }
     }
+
+    /// A delivery taken from the live feed: the message, or nothing when it was dropped; a
+    /// consumer that ended is reported to the subscription and the feed let go.
+    fn take(&mut self, item: Option<(usize, std::result::Result<Delivery, String>)>) -> Option<Box<dyn IncomingMessage>> {
+        let live = self.live.as_ref()?;
+        match item {
+            Some((index, Ok(delivery))) => self.kind.take(&live.origin(index), delivery),
+            Some((_, Err(reason))) => {
+                let _ = live.ended.send(reason);
+                self.live = None;
+                None
+            }
+            None => {
+                let _ = live.ended.send("every consumer ended".into());
+                self.live = None;
+                None
+            }
+        }
+    }
+}
+
+/// One step of [`RabbitListener::next`].
+enum Step {
+    Feed(Option<Feed>),
+    Delivery(Option<(usize, std::result::Result<Delivery, String>)>),
 }
 
 #[async_trait]
 impl Listener for RabbitListener {
     async fn next(&mut self) -> Option<Box<dyn IncomingMessage>> {
-        if self.stopped {
-            // Hand out what was already received, then report the end.
-            return self.inbox.try_recv().ok();
+        loop {
+            if self.stopped {
+                // Hand out what was already received, then report the end.
+                let live = self.live.as_mut()?;
+                match live.deliveries.next().now_or_never() {
+                    Some(Some((index, Ok(delivery)))) => match self.kind.take(&live.origin(index), delivery) {
+                        Some(message) => return Some(message),
+                        None => continue,
+                    },
+                    _ => return None,
+                }
+            }
+            // Cancel safe: a feed or delivery is only taken out of its stream by a poll that
+            // completes, and then handled before the next await.
+            let step = match self.live.as_mut() {
+                Some(live) => tokio::select! {
+                    biased;
+                    feed = self.feeds.recv() => Step::Feed(feed),
+                    item = live.deliveries.next() => Step::Delivery(item),
+                },
+                None => Step::Feed(self.feeds.recv().await),
+            };
+            match step {
+                // A new session (after a reconnect) replaces the old one's consumers.
+                Step::Feed(Some(feed)) => self.live = Some(LiveFeed::new(feed)),
+                Step::Feed(None) => return None,
+                Step::Delivery(item) => {
+                    if let Some(message) = self.take(item) {
+                        return Some(message);
+                    }
+                }
+            }
         }
-        self.inbox.recv().await
     }
 
     async fn stop(&mut self) {
@@ -487,8 +556,8 @@ impl Listener for RabbitListener {
             self.stopped = true;
             self.subscription.cleanup().await;
             // Undelivered messages were never acked: the broker redelivers them elsewhere.
-            self.inbox.close();
-            while self.inbox.try_recv().is_ok() {}
+            self.live = None;
+            self.feeds.close();
         }
     }
 }

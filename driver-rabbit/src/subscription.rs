@@ -25,7 +25,7 @@ use crate::topology::{consumer_arguments, Topology};
 
 /// A confirm-mode channel on a subscription's own connection, for publishing (an RPC server's
 /// replies, a client's requests) without handing each message to a second connection's I/O
-/// thread (see [`DeliveryHandler::wants_publish_channel`]).
+/// thread (opened when [`Topology::publish_channel`] is set).
 #[derive(Debug, Clone)]
 pub(crate) struct PublishChannel {
     channel: Channel,
@@ -42,8 +42,8 @@ impl PublishChannel {
     }
 }
 
-/// Where a delivery came from: its consuming channel (settle it there: ack / reject) and, for
-/// handlers that asked for one, the connection's publish channel.
+/// Where a delivery came from: its queue, its consuming channel (settle it there: ack /
+/// reject) and the connection's publish channel, if the topology asked for one.
 pub(crate) struct Origin<'a> {
     pub(crate) queue: &'a str,
     pub(crate) channel: &'a Channel,
@@ -56,19 +56,34 @@ pub(crate) trait DeliveryHandler: Send + Sync + 'static {
     /// One delivery, with where it came from.
     fn handle(&self, origin: &Origin<'_>, delivery: Delivery);
 
-    /// Whether the subscription opens a [`PublishChannel`] on its connection (RPC servers reply
-    /// there, clients publish their calls there: it saves a thread hand-off per message; what
-    /// cannot go there falls back to the send connection).
-    fn wants_publish_channel(&self) -> bool {
-        false
-    }
-
     /// Whether the subscription itself acks every delivery on receipt, one `basic.ack` with
     /// `multiple` per burst, instead of the handler settling each. Only valid for a topology
     /// with a single consumer per channel (a multiple ack covers the whole channel).
     fn acks_on_receipt(&self) -> bool {
         false
     }
+}
+
+/// How a subscription hands out its deliveries.
+#[derive(Clone)]
+pub(crate) enum Consumers {
+    /// A task per consumer passes each delivery to the handler (reply queues).
+    Forward(Arc<dyn DeliveryHandler>),
+    /// Each session's consumers go to a listener that polls them itself, so a delivery reaches
+    /// the task that takes it with no hop through another task.
+    Feed(mpsc::UnboundedSender<Feed>),
+}
+
+/// One session's consumers, for a listener that polls them itself ([`Consumers::Feed`]).
+pub(crate) struct Feed {
+    /// The consuming channel (settle deliveries there).
+    pub(crate) channel: Channel,
+    pub(crate) publish_channel: Option<PublishChannel>,
+    /// `(queue, consumer)` in the topology's order.
+    pub(crate) consumers: Vec<(String, Consumer)>,
+    /// Report here why a consumer ended (failed, or cancelled by the broker): the subscription
+    /// then reconnects and sends a new feed.
+    pub(crate) ended: mpsc::UnboundedSender<String>,
 }
 
 enum Command {
@@ -80,7 +95,7 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     commands: mpsc::UnboundedSender<Command>,
-    /// The current session's publish channel, when the handler asked for one.
+    /// The current session's publish channel, when the topology asked for one.
     publish_channel: Arc<std::sync::Mutex<Option<PublishChannel>>>,
 }
 
@@ -107,6 +122,9 @@ struct Session {
     blocked: Arc<AtomicBool>,
     tags: Vec<String>,
     forwarders: JoinSet<String>,
+    /// Consumer ends reported by a feed's listener; the sender is kept so this never closes.
+    ended: mpsc::UnboundedReceiver<String>,
+    _ended_sender: mpsc::UnboundedSender<String>,
     events: Pin<Box<dyn Stream<Item = Event> + Send>>,
 }
 
@@ -117,14 +135,14 @@ impl Subscription {
     pub(crate) async fn start(
         connector: Arc<Connector>,
         topology: Topology,
-        handler: Arc<dyn DeliveryHandler>,
+        consumers: Consumers,
         deadline: Option<Instant>,
         purpose: &'static str,
     ) -> Result<Subscription> {
         let topology = Arc::new(topology);
         let publish_channel = Arc::new(std::sync::Mutex::new(None));
         let session = loop {
-            match establish(&connector, &topology, &handler, &publish_channel, deadline, purpose).await {
+            match establish(&connector, &topology, &consumers, &publish_channel, deadline, purpose).await {
                 Ok(session) => break session,
                 Err(SetupError::Fatal(error)) => return Err(error),
                 Err(SetupError::Retryable(error)) => {
@@ -142,14 +160,14 @@ impl Subscription {
             receiver,
             connector,
             topology,
-            handler,
+            consumers,
             publish_channel.clone(),
             purpose,
         ));
         Ok(Subscription { commands, publish_channel })
     }
 
-    /// The live session's publish channel, if the handler asked for one and it is usable now.
+    /// The live session's publish channel, if the topology asked for one and it is usable now.
     pub(crate) fn publish_channel(&self) -> Option<Channel> {
         let current = self.publish_channel.lock().expect("publish channel slot poisoned");
         current.as_ref().and_then(PublishChannel::usable).cloned()
@@ -177,7 +195,7 @@ async fn supervise(
     mut commands: mpsc::UnboundedReceiver<Command>,
     connector: Arc<Connector>,
     topology: Arc<Topology>,
-    handler: Arc<dyn DeliveryHandler>,
+    consumers: Consumers,
     publish_channel: Arc<std::sync::Mutex<Option<PublishChannel>>>,
     purpose: &'static str,
 ) {
@@ -242,7 +260,7 @@ async fn supervise(
                         }
                         None => return,
                     },
-                    restored = restore(&connector, &topology, &handler, &publish_channel, purpose) => {
+                    restored = restore(&connector, &topology, &consumers, &publish_channel, purpose) => {
                         tracing::info!(purpose, "consumers restored after reconnect");
                         session = Some(restored);
                     }
@@ -257,14 +275,14 @@ async fn supervise(
 async fn restore(
     connector: &Arc<Connector>,
     topology: &Arc<Topology>,
-    handler: &Arc<dyn DeliveryHandler>,
+    consumers: &Consumers,
     publish_channel: &std::sync::Mutex<Option<PublishChannel>>,
     purpose: &'static str,
 ) -> Session {
     tokio::time::sleep(connector.config().reconnect_delay()).await;
     let mut failures: u32 = 0;
     loop {
-        match establish(connector, topology, handler, publish_channel, None, purpose).await {
+        match establish(connector, topology, consumers, publish_channel, None, purpose).await {
             Ok(session) => return session,
             Err(setup) => {
                 failures += 1;
@@ -311,7 +329,7 @@ async fn open_channel(connection: &Connection, prefetch: u16) -> std::result::Re
 async fn establish(
     connector: &Arc<Connector>,
     topology: &Arc<Topology>,
-    handler: &Arc<dyn DeliveryHandler>,
+    consumers: &Consumers,
     publish_slot: &std::sync::Mutex<Option<PublishChannel>>,
     deadline: Option<Instant>,
     purpose: &'static str,
@@ -393,7 +411,7 @@ async fn establish(
     }
 
     let blocked = Arc::new(AtomicBool::new(false));
-    let publish_channel = if handler.wants_publish_channel() {
+    let publish_channel = if topology.publish_channel {
         let reply = connection
             .create_channel()
             .await
@@ -410,7 +428,7 @@ async fn establish(
         None
     };
     let arguments = consumer_arguments(connector.config());
-    let mut forwarders = JoinSet::new();
+    let mut started = Vec::new();
     let mut tags = Vec::new();
     for (index, queue) in topology.consume.iter().enumerate() {
         // oslo numbers its consumer tags per connection: "1", "2", "3".
@@ -424,22 +442,38 @@ async fn establish(
             )
             .await
             .map_err(|e| setup_error(&connection, e, &format!("consuming from queue {queue:?}")))?;
-        forwarders.spawn(forward(
-            consumer,
-            channel.clone(),
-            publish_channel.clone(),
-            queue.clone(),
-            handler.clone(),
-        ));
+        started.push((queue.clone(), consumer));
         tags.push(tag);
     }
-    *publish_slot.lock().expect("publish channel slot poisoned") = publish_channel;
+    *publish_slot.lock().expect("publish channel slot poisoned") = publish_channel.clone();
+    let (ended_sender, ended) = mpsc::unbounded_channel();
+    let mut forwarders = JoinSet::new();
+    match consumers {
+        Consumers::Forward(handler) => {
+            for (queue, consumer) in started {
+                forwarders.spawn(forward(consumer, channel.clone(), publish_channel.clone(), queue, handler.clone()));
+            }
+        }
+        Consumers::Feed(feeds) => {
+            let feed = Feed {
+                channel: channel.clone(),
+                publish_channel,
+                consumers: started,
+                ended: ended_sender.clone(),
+            };
+            // Err: the listener is gone (dropped without cleanup); the connection closes when
+            // the subscription handle goes too.
+            let _ = feeds.send(feed);
+        }
+    }
     Ok(Session {
         connection,
         channel,
         blocked,
         tags,
         forwarders,
+        ended,
+        _ended_sender: ended_sender,
         events,
     })
 }
@@ -529,6 +563,7 @@ impl Session {
                         Err(error) => format!("consumer task failed: {error}"),
                     };
                 }
+                Some(reason) = self.ended.recv() => return reason,
             }
         }
     }

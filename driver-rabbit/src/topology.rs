@@ -43,6 +43,9 @@ pub(crate) struct Topology {
     pub consume: Vec<String>,
     /// Queues deleted when the listener is cleaned up (the private fanout queue).
     pub delete_on_cleanup: Vec<String>,
+    /// Open a confirm-mode channel on the consuming connection for publishing (an RPC server's
+    /// replies, a client's calls; see the crate docs on connections).
+    pub publish_channel: bool,
 }
 
 /// An integer as py-amqp encodes a Python `int` in a table: signed 32-bit when it fits, else 64-bit.
@@ -185,6 +188,7 @@ pub(crate) fn rpc_server(config: &RabbitConfig, exchange: &str, topic: &str, ser
         ],
         consume: vec![topic.to_string(), server_queue, fanout_queue_name.to_string()],
         delete_on_cleanup: vec![fanout_queue_name.to_string()],
+        publish_channel: true,
     }
 }
 
