@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::{watch, Mutex, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{IncomingMessage, Listener};
@@ -76,8 +76,10 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     stopped: watch::Sender<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.pool_size.max(1)));
-    let mut in_flight = JoinSet::new();
+    let pool_size = options.pool_size.clamp(1, u32::MAX as usize);
+    // A handler task holds one slot until it ends (even by a panic), so taking every slot
+    // back below means every message taken has been handled.
+    let slots = Arc::new(Semaphore::new(pool_size));
     loop {
         // Take a message only when a slot is free: back-pressure stays with the broker.
         let permit = tokio::select! {
@@ -108,22 +110,17 @@ async fn serve(
         }
         let work = handler(messages);
         // The handler task keeps the server's span, so its logs say which server they are from.
-        in_flight.spawn(
+        // (A plain task, not a JoinSet: that would take two more locks per message.)
+        tokio::spawn(
             async move {
                 work.await;
                 drop(permit);
             }
             .in_current_span(),
         );
-        // Reap finished tasks so the set does not grow.
-        while in_flight.try_join_next().is_some() {}
     }
     listener.stop().await;
     let _ = stopped.send(true);
-    while let Some(result) = in_flight.join_next().await {
-        if let Err(err) = result {
-            tracing::error!(error = %err, "message handler failed");
-        }
-    }
+    let _ = slots.acquire_many(pool_size as u32).await;
     listener.cleanup().await;
 }
