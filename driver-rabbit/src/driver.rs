@@ -174,7 +174,8 @@ impl RabbitDriver {
                 let handler = Arc::new(ReplyHandler {
                     waiters: inner.waiters.clone(),
                 });
-                let subscription = Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, "reply").await?;
+                let subscription =
+                    Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, "reply").await?;
                 tracing::debug!(reply_queue = %name, "reply queue declared");
                 Ok::<_, Error>(ReplyQueue { name, subscription })
             })
@@ -367,7 +368,8 @@ impl Driver for RabbitDriver {
         let fanout_queue = topology::new_fanout_queue_name(topic);
         let topology = topology::rpc_server(&self.inner.config, &exchange, topic, server, &fanout_queue);
         let (feeds, feed) = RabbitListener::feed_channel();
-        let subscription = Subscription::start(self.inner.connector.clone(), topology, Consumers::Feed(feeds), None, "rpc listener").await?;
+        let subscription =
+            Subscription::start(self.inner.connector.clone(), topology, Consumers::Feed(feeds), None, "rpc listener").await?;
         Ok(Box::new(RabbitListener::new(
             ListenerKind::Rpc(self.inner.replier.clone()),
             feed,

@@ -356,9 +356,7 @@ impl ListenerKind {
     fn take(&self, origin: &Origin<'_>, delivery: Delivery) -> Option<Box<dyn IncomingMessage>> {
         let request = decode_or_drop(origin.queue, origin.channel, &delivery)?;
         let kind = match self {
-            ListenerKind::Rpc(replier) => Kind::Rpc {
-                replier: replier.clone(),
-            },
+            ListenerKind::Rpc(replier) => Kind::Rpc { replier: replier.clone() },
             ListenerKind::Notification(recent) => {
                 if let Some(unique_id) = &request.unique_id {
                     if recent.contains(unique_id) {
@@ -427,7 +425,12 @@ impl LiveFeed {
             let failed_queue = queue.clone();
             let cancelled = format!("consumer on queue {queue:?} was cancelled");
             let stream = consumer
-                .map(move |item| (index, item.map_err(|error| format!("consumer on queue {failed_queue:?} failed: {error}"))))
+                .map(move |item| {
+                    (
+                        index,
+                        item.map_err(|error| format!("consumer on queue {failed_queue:?} failed: {error}")),
+                    )
+                })
                 .chain(stream::once(async move { (index, Err(cancelled)) }));
             deliveries.push(stream.boxed());
             queues.push(queue);
