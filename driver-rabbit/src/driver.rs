@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::config::RabbitConfig;
 use crate::connect::Connector;
 use crate::hosts::BrokerAddress;
-use crate::listener::{ListenerKind, RabbitListener, Replier, ReplyHandler};
+use crate::listener::{Kind, RabbitListener, Replier, ReplyHandler};
 use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
 use crate::subscription::{Consumers, Subscription};
 use crate::topology::{self, Topology};
@@ -370,11 +370,10 @@ impl Driver for RabbitDriver {
         let (feeds, feed) = RabbitListener::feed_channel();
         let subscription =
             Subscription::start(self.inner.connector.clone(), topology, Consumers::Feed(feeds), None, "rpc listener").await?;
-        Ok(Box::new(RabbitListener::new(
-            ListenerKind::Rpc(self.inner.replier.clone()),
-            feed,
-            subscription,
-        )))
+        let kind = Kind::Rpc {
+            replier: self.inner.replier.clone(),
+        };
+        Ok(Box::new(RabbitListener::new(kind, feed, subscription)))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -400,7 +399,7 @@ impl Driver for RabbitDriver {
             "notification listener",
         )
         .await?;
-        Ok(Box::new(RabbitListener::new(ListenerKind::notification(), feed, subscription)))
+        Ok(Box::new(RabbitListener::new(Kind::notification(), feed, subscription)))
     }
 
     async fn cleanup(&self) {

@@ -34,9 +34,10 @@
 //!   thread and routed with [`oslo_core::reply::ReplyWaiters`]. Calls are published on a
 //!   confirm-mode channel of this connection once the send connection has declared their
 //!   exchange.
-//! * **Listeners**: one connection per `listen` / `listen_for_notifications`. Deliveries are
-//!   decoded on the consuming task and handed out through a channel, so
-//!   [`oslo_core::Listener::next`] is cancel safe. Malformed messages (no `application/json`
+//! * **Listeners**: one connection per `listen` / `listen_for_notifications`.
+//!   [`oslo_core::Listener::next`] polls the session's lapin consumers itself (no task or
+//!   channel in between), decodes on the server's task and stays cancel safe; after a
+//!   reconnect the listener takes over the new session's consumers. Malformed messages (no `application/json`
 //!   content type, not JSON, bad envelope) are logged and rejected without requeue; the RPC
 //!   server drops repeated `_unique_id`s (see [`oslo_core::codec::DuplicateFilter`]). RPC
 //!   requests are acked when the server takes them (before dispatch), notifications when the

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::RabbitConfig;
 use crate::publisher::{publish_direct, DirectOutcome, Outgoing, Publisher, ReturnedReplies};
-use crate::subscription::{DeliveryHandler, Feed, Origin, PublishChannel, Subscription};
+use crate::subscription::{DeliveryHandler, Feed, PublishChannel, Subscription};
 use crate::util::{ObsoleteReplyQueues, RecentIds};
 
 /// How often a reply to a missing reply queue is tried again (oslo: 0.25 s).
@@ -211,9 +211,14 @@ impl ReturnedReplies for Replier {
     }
 }
 
-#[derive(Debug)]
-enum Kind {
+/// What a listener takes, and so what its messages are.
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    /// RPC requests (oslo `RpcAMQPListener`). Duplicates are left to the RPC server, which
+    /// drops a repeated `_unique_id` (see `RabbitIncoming::unique_id`).
     Rpc { replier: Arc<Replier> },
+    /// Notifications (oslo `NotificationAMQPListener`): duplicates are checked on receive and
+    /// recorded on acknowledge.
     Notification { recent: Arc<RecentIds> },
 }
 
@@ -334,30 +339,29 @@ fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option
     }
 }
 
-/// What a listener turns its deliveries into.
-#[derive(Debug)]
-pub(crate) enum ListenerKind {
-    /// RPC requests (oslo `RpcAMQPListener`). Duplicates are left to the RPC server, which
-    /// drops a repeated `_unique_id` (see `RabbitIncoming::unique_id`).
-    Rpc(Arc<Replier>),
-    /// Notifications (oslo `NotificationAMQPListener`): duplicates are checked on receive and
-    /// recorded on acknowledge.
-    Notification(Arc<RecentIds>),
+/// Where a delivery came from: its queue, its consuming channel (settle it there: ack /
+/// reject) and the connection's publish channel, if the topology asked for one.
+struct Origin<'a> {
+    queue: &'a str,
+    channel: &'a Channel,
+    publish_channel: Option<&'a PublishChannel>,
 }
 
-impl ListenerKind {
+impl Kind {
     /// A notification listener's kind, with its own duplicate window.
     pub(crate) fn notification() -> Self {
-        ListenerKind::Notification(Arc::new(RecentIds::new(DUPLICATE_WINDOW)))
+        Kind::Notification {
+            recent: Arc::new(RecentIds::new(DUPLICATE_WINDOW)),
+        }
     }
 
     /// The incoming message for `delivery`, or `None` when it was malformed (rejected) or a
     /// duplicate notification (acked).
     fn take(&self, origin: &Origin<'_>, delivery: Delivery) -> Option<Box<dyn IncomingMessage>> {
         let request = decode_or_drop(origin.queue, origin.channel, &delivery)?;
-        let kind = match self {
-            ListenerKind::Rpc(replier) => Kind::Rpc { replier: replier.clone() },
-            ListenerKind::Notification(recent) => {
+        let publish_channel = match self {
+            Kind::Rpc { .. } => origin.publish_channel.cloned(),
+            Kind::Notification { recent } => {
                 if let Some(unique_id) = &request.unique_id {
                     if recent.contains(unique_id) {
                         tracing::info!(queue = origin.queue, unique_id = %unique_id, "ignoring duplicate message");
@@ -365,19 +369,15 @@ impl ListenerKind {
                         return None;
                     }
                 }
-                Kind::Notification { recent: recent.clone() }
+                None
             }
-        };
-        let publish_channel = match kind {
-            Kind::Rpc { .. } => origin.publish_channel.cloned(),
-            Kind::Notification { .. } => None,
         };
         Some(Box::new(RabbitIncoming {
             request,
             channel: origin.channel.clone(),
             publish_channel,
             delivery_tag: delivery.delivery_tag,
-            kind,
+            kind: self.clone(),
             replied: AtomicBool::new(false),
         }))
     }
@@ -390,13 +390,7 @@ pub(crate) struct ReplyHandler {
 }
 
 impl DeliveryHandler for ReplyHandler {
-    // The reply queue is the only consumer on its channel: replies are acked per burst.
-    fn acks_on_receipt(&self) -> bool {
-        true
-    }
-
-    fn handle(&self, origin: &Origin<'_>, delivery: Delivery) {
-        let queue = origin.queue;
+    fn handle(&self, queue: &str, delivery: Delivery) {
         match decode_delivery(&delivery).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
             Ok(reply) => {
                 self.waiters.deliver(reply);
@@ -457,7 +451,7 @@ impl LiveFeed {
 /// consumers itself (a delivery reaches the server's task directly), and adopts the consumers
 /// of each new session after a reconnect.
 pub(crate) struct RabbitListener {
-    kind: ListenerKind,
+    kind: Kind,
     feeds: mpsc::UnboundedReceiver<Feed>,
     live: Option<LiveFeed>,
     subscription: Subscription,
@@ -471,7 +465,7 @@ impl RabbitListener {
         mpsc::unbounded_channel()
     }
 
-    pub(crate) fn new(kind: ListenerKind, feeds: mpsc::UnboundedReceiver<Feed>, subscription: Subscription) -> Self {
+    pub(crate) fn new(kind: Kind, feeds: mpsc::UnboundedReceiver<Feed>, subscription: Subscription) -> Self {
         RabbitListener {
             kind,
             feeds,
@@ -486,19 +480,14 @@ impl RabbitListener {
     /// consumer that ended is reported to the subscription and the feed let go.
     fn take(&mut self, item: Option<(usize, std::result::Result<Delivery, String>)>) -> Option<Box<dyn IncomingMessage>> {
         let live = self.live.as_ref()?;
-        match item {
-            Some((index, Ok(delivery))) => self.kind.take(&live.origin(index), delivery),
-            Some((_, Err(reason))) => {
-                let _ = live.ended.send(reason);
-                self.live = None;
-                None
-            }
-            None => {
-                let _ = live.ended.send("every consumer ended".into());
-                self.live = None;
-                None
-            }
-        }
+        let reason = match item {
+            Some((index, Ok(delivery))) => return self.kind.take(&live.origin(index), delivery),
+            Some((_, Err(reason))) => reason,
+            None => "every consumer ended".into(),
+        };
+        let _ = live.ended.send(reason);
+        self.live = None;
+        None
     }
 }
 

@@ -629,7 +629,7 @@ async fn publish_on(
     }
 }
 
-/// How a single reply publish on a [`crate::subscription::ReplyChannel`] ended.
+/// How a single publish on a [`crate::subscription::PublishChannel`] ended.
 #[derive(Debug)]
 pub(crate) enum DirectOutcome {
     /// The broker confirmed it.

@@ -42,32 +42,19 @@ impl PublishChannel {
     }
 }
 
-/// Where a delivery came from: its queue, its consuming channel (settle it there: ack /
-/// reject) and the connection's publish channel, if the topology asked for one.
-pub(crate) struct Origin<'a> {
-    pub(crate) queue: &'a str,
-    pub(crate) channel: &'a Channel,
-    pub(crate) publish_channel: Option<&'a PublishChannel>,
-}
-
-/// Receives the deliveries of a subscription, on the consuming task (keep it short: decode,
-/// filter, forward).
+/// Receives the deliveries of a subscription in [`Consumers::Forward`] mode, on the consuming
+/// task (keep it short: decode, route). The subscription acks them itself.
 pub(crate) trait DeliveryHandler: Send + Sync + 'static {
-    /// One delivery, with where it came from.
-    fn handle(&self, origin: &Origin<'_>, delivery: Delivery);
-
-    /// Whether the subscription itself acks every delivery on receipt, one `basic.ack` with
-    /// `multiple` per burst, instead of the handler settling each. Only valid for a topology
-    /// with a single consumer per channel (a multiple ack covers the whole channel).
-    fn acks_on_receipt(&self) -> bool {
-        false
-    }
+    /// One delivery from `queue`.
+    fn handle(&self, queue: &str, delivery: Delivery);
 }
 
 /// How a subscription hands out its deliveries.
 #[derive(Clone)]
 pub(crate) enum Consumers {
-    /// A task per consumer passes each delivery to the handler (reply queues).
+    /// A task per consumer passes each delivery to the handler and acks every burst with one
+    /// `basic.ack` (`multiple`): only for a topology with one consumer, whose deliveries need no
+    /// settling of their own (reply queues), since a multiple ack covers the whole channel.
     Forward(Arc<dyn DeliveryHandler>),
     /// Each session's consumers go to a listener that polls them itself, so a delivery reaches
     /// the task that takes it with no hop through another task.
@@ -118,7 +105,7 @@ impl SetupError {
 struct Session {
     connection: Connection,
     channel: Channel,
-    /// Mirrors `connection.blocked` / `connection.unblocked` for the reply channel.
+    /// Mirrors `connection.blocked` / `connection.unblocked` for the publish channel.
     blocked: Arc<AtomicBool>,
     tags: Vec<String>,
     forwarders: JoinSet<String>,
@@ -412,16 +399,16 @@ async fn establish(
 
     let blocked = Arc::new(AtomicBool::new(false));
     let publish_channel = if topology.publish_channel {
-        let reply = connection
+        let publish = connection
             .create_channel()
             .await
             .map_err(|e| setup_error(&connection, e, "opening the publish channel"))?;
-        reply
+        publish
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| setup_error(&connection, e, "confirm.select"))?;
         Some(PublishChannel {
-            channel: reply,
+            channel: publish,
             blocked: blocked.clone(),
         })
     } else {
@@ -451,7 +438,7 @@ async fn establish(
     match consumers {
         Consumers::Forward(handler) => {
             for (queue, consumer) in started {
-                forwarders.spawn(forward(consumer, channel.clone(), publish_channel.clone(), queue, handler.clone()));
+                forwarders.spawn(forward(consumer, channel.clone(), queue, handler.clone()));
             }
         }
         Consumers::Feed(feeds) => {
@@ -478,39 +465,24 @@ async fn establish(
     })
 }
 
-/// Pump one consumer's deliveries into the handler; returns why it ended.
-async fn forward(
-    mut consumer: Consumer,
-    channel: Channel,
-    publish_channel: Option<PublishChannel>,
-    queue: String,
-    handler: Arc<dyn DeliveryHandler>,
-) -> String {
+/// Pump one consumer's deliveries into the handler, acking each burst with one frame; returns
+/// why it ended.
+async fn forward(mut consumer: Consumer, channel: Channel, queue: String, handler: Arc<dyn DeliveryHandler>) -> String {
     use futures::FutureExt;
-    let ack_on_receipt = handler.acks_on_receipt();
-    let origin = Origin {
-        queue: &queue,
-        channel: &channel,
-        publish_channel: publish_channel.as_ref(),
-    };
     while let Some(item) = consumer.next().await {
         let delivery = match item {
             Ok(delivery) => delivery,
             Err(error) => return format!("consumer on queue {queue:?} failed: {error}"),
         };
-        if !ack_on_receipt {
-            handler.handle(&origin, delivery);
-            continue;
-        }
         // Take the whole burst that is already here, then ack it with one frame.
         let mut last_tag = delivery.delivery_tag;
-        handler.handle(&origin, delivery);
+        handler.handle(&queue, delivery);
         let mut ended = None;
         loop {
             match consumer.next().now_or_never() {
                 Some(Some(Ok(delivery))) => {
                     last_tag = delivery.delivery_tag;
-                    handler.handle(&origin, delivery);
+                    handler.handle(&queue, delivery);
                 }
                 Some(Some(Err(error))) => {
                     ended = Some(format!("consumer on queue {queue:?} failed: {error}"));
