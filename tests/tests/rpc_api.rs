@@ -127,16 +127,7 @@ async fn a_redelivered_unique_id_is_handled_once() {
     let t = transport("redelivered");
     let handled = Arc::new(AtomicUsize::new(0));
     let server = RpcServer::builder(t.clone(), Target::new("redo").with_server("s"))
-        .endpoint(Endpoint::new().method("count", {
-            let handled = handled.clone();
-            move |_c: JsonMap, _a: Value| {
-                let handled = handled.clone();
-                async move {
-                    handled.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, HandlerError>(())
-                }
-            }
-        }))
+        .endpoint(counting_endpoint(&handled))
         .start()
         .await
         .unwrap();
@@ -157,6 +148,18 @@ async fn a_redelivered_unique_id_is_handled_once() {
     server.shutdown().await;
 }
 
+/// An endpoint whose `count` method adds one to `handled`.
+fn counting_endpoint(handled: &Arc<AtomicUsize>) -> Endpoint {
+    let handled = handled.clone();
+    Endpoint::new().method("count", move |_c: JsonMap, _a: Value| {
+        let handled = handled.clone();
+        async move {
+            handled.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, HandlerError>(())
+        }
+    })
+}
+
 fn driver_fake_inject(bus: &str, queue: &str, body: Vec<u8>) {
     oslo_messaging::driver_fake::inject_raw(bus, "openstack", queue, body);
 }
@@ -166,16 +169,7 @@ async fn stop_then_wait_drains_and_stops_consuming() {
     let t = transport("stop");
     let handled = Arc::new(AtomicUsize::new(0));
     let server = RpcServer::builder(t.clone(), Target::new("stop").with_server("s"))
-        .endpoint(Endpoint::new().method("count", {
-            let handled = handled.clone();
-            move |_c: JsonMap, _a: Value| {
-                let handled = handled.clone();
-                async move {
-                    handled.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, HandlerError>(())
-                }
-            }
-        }))
+        .endpoint(counting_endpoint(&handled))
         .start()
         .await
         .unwrap();
