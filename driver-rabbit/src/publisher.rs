@@ -20,8 +20,9 @@
 //!   pool for one publish + confirm, so the returned message always lands on its own confirm.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -42,6 +43,18 @@ const VOLATILE: usize = 1;
 
 /// Most channels leased at once for mandatory publishes on one connection.
 pub(crate) const MAX_LEASED_CHANNELS: usize = 128;
+
+/// After this many channels closed by the broker (refused declarations, vanished exchanges)
+/// a send connection is retired and replaced: lapin 4.12 never frees the id of a channel the
+/// broker closed (`Channel::on_channel_close_ok_sent` kills the channel's switch before
+/// `InternalRPC::RemoveChannel`, which then skips it), so each one uses up a slot of the
+/// connection's table for good, and a full table makes every new channel fail with
+/// `ChannelsLimitReached`. Half of the smallest `channel_max` brokers negotiate by default
+/// (RabbitMQ: 2047) leaves room for the channels in use.
+const RETIRE_AFTER_CLOSED_CHANNELS: usize = 1000;
+
+/// How long a retired send connection stays open for the publishes still waiting on it.
+const RETIRED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
 
 /// The AMQP properties of every oslo message (wire-format.md §0): `application/json`,
 /// `utf-8`, persistent, priority 0, an empty header table; plus `expiration` (ms) on calls.
@@ -125,7 +138,8 @@ fn classify(connection: &Connection, error: lapin::Error) -> Failure {
         || error.is_amqp_hard_error()
         || matches!(
             error.kind(),
-            ErrorKind::MissingHeartbeatError | ErrorKind::InvalidConnectionState(_)
+            // A connection out of channels cannot recover: only a new connection helps.
+            ErrorKind::MissingHeartbeatError | ErrorKind::InvalidConnectionState(_) | ErrorKind::ChannelsLimitReached
         );
     Failure::Retryable {
         reason: error.to_string(),
@@ -168,6 +182,10 @@ impl Publisher {
     pub(crate) async fn publish(&self, out: &Outgoing<'_>, retry: Retry) -> Result<()> {
         let mut attempt: u32 = 0;
         let mut redeclared = false;
+        // Retryable failures in a row that did not lose the connection: a second one replaces
+        // the connection too, so that no channel-level fault can make a send retry forever
+        // on a connection that keeps failing it.
+        let mut soft_failures: u32 = 0;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::MessageDeliveryFailure {
@@ -210,7 +228,8 @@ impl Publisher {
                     })
                 }
                 Failure::Retryable { reason, connection_lost } => {
-                    if connection_lost {
+                    soft_failures = if connection_lost { 0 } else { soft_failures + 1 };
+                    if connection_lost || soft_failures > 1 {
                         self.invalidate(&connection);
                     } else {
                         connection.forget_declarations();
@@ -300,7 +319,10 @@ impl Publisher {
 
     fn usable(&self) -> Option<Arc<SendConnection>> {
         let current = self.current.read().expect("publisher lock poisoned");
-        current.as_ref().filter(|c| c.connection.status().connected()).cloned()
+        current
+            .as_ref()
+            .filter(|c| c.connection.status().connected() && !c.worn_out())
+            .cloned()
     }
 
     fn invalidate(&self, connection: &Arc<SendConnection>) {
@@ -335,6 +357,8 @@ struct SendConnection {
     slots: Semaphore,
     exchanges: Mutex<HashSet<String>>,
     queues: Mutex<HashSet<(String, String)>>,
+    /// Channels of this connection the broker closed (see [`RETIRE_AFTER_CLOSED_CHANNELS`]).
+    closed_channels: AtomicUsize,
 }
 
 /// A pooled channel used by one mandatory publish (or a declaration) at a time.
@@ -373,15 +397,46 @@ impl SendConnection {
             slots: Semaphore::new(MAX_LEASED_CHANNELS),
             exchanges: Mutex::new(HashSet::new()),
             queues: Mutex::new(HashSet::new()),
+            closed_channels: AtomicUsize::new(0),
         }
     }
 
+    /// [`classify`], counting the channels the broker closed on this connection.
+    fn classify(&self, error: lapin::Error) -> Failure {
+        self.count_closed_channel(&error);
+        classify(&self.connection, error)
+    }
+
+    /// Count `error` when it is the broker closing a channel (a channel-level AMQP error).
+    fn count_closed_channel(&self, error: &lapin::Error) {
+        if amqp_code(error).is_some() && !error.is_amqp_hard_error() {
+            let closed = self.closed_channels.fetch_add(1, Ordering::Relaxed) + 1;
+            if closed == self.retire_after() {
+                tracing::info!(closed, "the broker closed many channels of the send connection; replacing it");
+            }
+        }
+    }
+
+    /// How many broker-closed channels retire this connection.
+    fn retire_after(&self) -> usize {
+        let channel_max = usize::from(self.connection.configuration().channel_max());
+        match channel_max {
+            0 => RETIRE_AFTER_CLOSED_CHANNELS,
+            max => RETIRE_AFTER_CLOSED_CHANNELS.min(max / 2).max(1),
+        }
+    }
+
+    /// Whether so many channels were closed that this connection must be replaced.
+    fn worn_out(&self) -> bool {
+        self.closed_channels.load(Ordering::Relaxed) >= self.retire_after()
+    }
+
     async fn new_confirm_channel(&self) -> std::result::Result<Channel, Failure> {
-        let channel = self.connection.create_channel().await.map_err(|e| classify(&self.connection, e))?;
+        let channel = self.connection.create_channel().await.map_err(|e| self.classify(e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| classify(&self.connection, e))?;
+            .map_err(|e| self.classify(e))?;
         Ok(channel)
     }
 
@@ -444,7 +499,7 @@ impl SendConnection {
         let properties = message_properties(out.expiration.as_deref());
         let outcome = if out.isolated {
             let mut lease = self.lease().await?;
-            let outcome = publish_on(lease.channel(), out, properties, returns, |e| classify(&self.connection, e)).await;
+            let outcome = publish_on(lease.channel(), out, properties, returns, |e| self.classify(e)).await;
             lease.done = outcome.is_ok() || matches!(outcome, Err(Failure::Undeliverable) | Err(Failure::Nacked));
             outcome
         } else {
@@ -454,7 +509,7 @@ impl SendConnection {
                 MAIN
             };
             let channel = self.shared_channel(which).await?;
-            publish_on(&channel, out, properties, returns, |e| classify(&self.connection, e)).await
+            publish_on(&channel, out, properties, returns, |e| self.classify(e)).await
         };
         match outcome {
             // An auto-delete (fanout) exchange is declared once and cached, as oslo does; when
@@ -492,6 +547,7 @@ impl SendConnection {
         {
             Ok(()) => lease.done = true,
             Err(error) if spec.durable && is_durable_mismatch(&error) => {
+                self.count_closed_channel(&error);
                 drop(lease);
                 tracing::warn!(exchange = %spec.name, "Force creating a non durable exchange.");
                 let mut lease = self.lease().await?;
@@ -500,10 +556,10 @@ impl SendConnection {
                     .channel()
                     .exchange_declare(spec.name.as_str().into(), spec.kind.clone(), options, FieldTable::default())
                     .await
-                    .map_err(|e| classify(&self.connection, e))?;
+                    .map_err(|e| self.classify(e))?;
                 lease.done = true;
             }
-            Err(error) => return Err(classify(&self.connection, error)),
+            Err(error) => return Err(self.classify(error)),
         }
         self.exchanges.lock().expect("declare cache poisoned").insert(spec.name.clone());
         Ok(())
@@ -526,8 +582,9 @@ impl SendConnection {
             .await
         {
             if !(spec.durable && is_durable_mismatch(&error)) {
-                return Err(classify(&self.connection, error));
+                return Err(self.classify(error));
             }
+            self.count_closed_channel(&error);
             drop(lease);
             tracing::warn!(queue = %spec.name, "queue exists with another durable flag; declaring it non durable");
             lease = self.lease().await?;
@@ -536,7 +593,7 @@ impl SendConnection {
                 .channel()
                 .queue_declare(spec.name.as_str().into(), options, spec.arguments.clone())
                 .await
-                .map_err(|e| classify(&self.connection, e))?;
+                .map_err(|e| self.classify(e))?;
         }
         lease
             .channel()
@@ -548,15 +605,23 @@ impl SendConnection {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| classify(&self.connection, e))?;
+            .map_err(|e| self.classify(e))?;
         lease.done = true;
         self.queues.lock().expect("declare cache poisoned").insert(key);
         Ok(())
     }
 
+    /// Close in a task of its own; a connection retired while still working first gives the
+    /// publishes waiting on it [`RETIRED_CONNECTION_GRACE`] to finish.
     fn close_in_background(self: &Arc<Self>) {
         let this = self.clone();
-        tokio::spawn(async move { this.close().await });
+        let grace = (self.worn_out() && self.connection.status().connected()).then_some(RETIRED_CONNECTION_GRACE);
+        tokio::spawn(async move {
+            if let Some(grace) = grace {
+                tokio::time::sleep(grace).await;
+            }
+            this.close().await
+        });
     }
 
     async fn close(&self) {
@@ -598,8 +663,11 @@ async fn publish_on(
         Ok(Confirmation::Ack(returned)) => (true, returned),
         Ok(Confirmation::Nack(returned)) => (false, returned),
         Ok(Confirmation::NotRequested) => (true, None),
-        Err(error) if amqp_code(&error) == Some(codes::NOT_FOUND) => return Err(Failure::NotFound),
-        Err(error) => return Err(classify(error)),
+        Err(error) => {
+            let not_found = amqp_code(&error) == Some(codes::NOT_FOUND);
+            let failure = classify(error);
+            return Err(if not_found { Failure::NotFound } else { failure });
+        }
     };
     if let Some(returned) = returned {
         let mine = returned.delivery.routing_key.as_str() == out.routing_key && returned.delivery.data == out.body;
