@@ -1,6 +1,6 @@
 //! Server side: RPC and notification listeners, incoming messages, and replies.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,15 +61,20 @@ fn reject_now(channel: &Channel, delivery_tag: u64, requeue: bool) {
     let _ = channel.basic_reject(delivery_tag, BasicRejectOptions { requeue }).now_or_never();
 }
 
+/// Most replies retried at once after their return surfaced on another publisher's confirm
+/// (each one is a task holding its reply body). Past this, such a reply is dropped with an
+/// error log, as its caller's reply queue is missing anyway.
+const MAX_RETRIED_REPLIES: usize = 256;
+
 /// Sends replies and call-monitor heartbeats to callers' reply queues.
 #[derive(Debug)]
 pub(crate) struct Replier {
     publisher: Arc<Publisher>,
     config: Arc<RabbitConfig>,
     obsolete: ObsoleteReplyQueues,
-    /// When replies retried after surfacing on another publisher's confirm first failed, so the
-    /// retry timeout keeps counting from the first failure.
-    retrying: Mutex<HashMap<String, Instant>>,
+    /// Replies retried in tasks of their own (see [`ReturnedReplies`]), by `msg_id`: one task
+    /// each, at most [`MAX_RETRIED_REPLIES`].
+    retrying: Mutex<HashSet<String>>,
 }
 
 impl Replier {
@@ -78,7 +83,7 @@ impl Replier {
             publisher,
             config,
             obsolete: ObsoleteReplyQueues::default(),
-            retrying: Mutex::new(HashMap::new()),
+            retrying: Mutex::new(HashSet::new()),
         }
     }
 
@@ -94,20 +99,21 @@ impl Replier {
         }
     }
 
-    async fn publish(&self, reply_q: &str, body: &[u8], isolated: bool) -> Result<()> {
-        self.publisher
-            .publish(&self.outgoing(reply_q, body, isolated), Retry::Forever)
-            .await
+    /// Publish on a leased channel of its own, so that the broker's return (a missing reply
+    /// queue) always comes back on this publish's confirm and never on another's.
+    async fn publish_isolated(&self, reply_q: &str, body: &[u8]) -> Result<()> {
+        self.publisher.publish(&self.outgoing(reply_q, body, true), Retry::Forever).await
     }
 
     /// Send the final reply (oslo `AMQPIncomingMessage.reply`): retried every 0.25 s while the
-    /// reply queue is missing, for up to `kombu_missing_consumer_retry_timeout`; then the queue
-    /// is remembered as obsolete for 60 s and the reply dropped with an error log. Never fails
-    /// because the caller is gone.
+    /// reply queue is missing, for up to `kombu_missing_consumer_retry_timeout` from the first
+    /// failure; then the queue is remembered as obsolete for 60 s and the reply dropped with an
+    /// error log. Never fails because the caller is gone.
     ///
     /// The first attempt goes out on `direct`, the request's own connection, when it has a
     /// usable publish channel; anything but a confirm there hands the reply to the send
-    /// connection (a returned reply enters the missing-queue retries at once).
+    /// connection. A return that surfaces on another reply's confirm there is routed back to
+    /// [`ReturnedReplies::retry_returned_reply`].
     pub(crate) async fn send_reply(&self, reply_q: &str, reply: Reply, direct: Option<&PublishChannel>) -> Result<()> {
         let msg_id = reply.msg_id.clone();
         if self.obsolete.contains(reply_q) {
@@ -115,45 +121,42 @@ impl Replier {
             return Ok(());
         }
         let body = reply.encode()?;
-        let started = Instant::now();
         if let Some(channel) = direct.and_then(PublishChannel::usable) {
             match publish_direct(channel, &self.outgoing(reply_q, &body, false), self.publisher.returns()).await {
                 DirectOutcome::Confirmed => return Ok(()),
-                DirectOutcome::Undeliverable => {
-                    tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
-                    tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
-                    return self.send_reply_body(reply_q, &msg_id, &body, started, true).await;
-                }
+                DirectOutcome::Undeliverable => return self.retry_missing_queue(reply_q, &msg_id, &body).await,
                 DirectOutcome::Failed(reason) => {
                     tracing::debug!(msg_id = %msg_id, reason = %reason, "reply not sent on the consuming connection; using the send connection");
                 }
             }
         }
-        self.send_reply_body(reply_q, &msg_id, &body, started, false).await
+        match self.publish_isolated(reply_q, &body).await {
+            Err(Error::MessageUndeliverable { .. }) => self.retry_missing_queue(reply_q, &msg_id, &body).await,
+            other => other,
+        }
     }
 
-    async fn send_reply_body(&self, reply_q: &str, msg_id: &str, body: &[u8], started: Instant, mut logged: bool) -> Result<()> {
+    /// The missing-queue retries of a reply that was just returned: one deadline, counted from
+    /// now, the first failure. Every retry is isolated, so its outcome is exact: no other
+    /// publish's confirm can take its return and make it look sent.
+    async fn retry_missing_queue(&self, reply_q: &str, msg_id: &str, body: &[u8]) -> Result<()> {
         let timeout = self.config.missing_consumer_retry_timeout();
+        let deadline = Instant::now() + timeout;
+        tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
         loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            let attempt = tokio::time::timeout(left.max(MISSING_QUEUE_RETRY_INTERVAL), self.publish(reply_q, body, false)).await;
-            match attempt {
+            if Instant::now() >= deadline {
+                self.obsolete.add(reply_q);
+                tracing::error!(
+                    "The reply {msg_id} failed to send after {} seconds due to a missing queue ({reply_q}). Abandoning...",
+                    timeout.as_secs()
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL.min(deadline - Instant::now())).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.max(MISSING_QUEUE_RETRY_INTERVAL), self.publish_isolated(reply_q, body)).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(Error::MessageUndeliverable { .. })) => {
-                    if started.elapsed() >= timeout {
-                        self.obsolete.add(reply_q);
-                        tracing::error!(
-                            "The reply {msg_id} failed to send after {} seconds due to a missing queue ({reply_q}). Abandoning...",
-                            timeout.as_secs()
-                        );
-                        return Ok(());
-                    }
-                    if !logged {
-                        tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
-                        logged = true;
-                    }
-                    tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
-                }
+                Ok(Err(Error::MessageUndeliverable { .. })) => {}
                 Ok(Err(error)) => return Err(error),
                 Err(_) => {
                     return Err(Error::MessageDeliveryFailure {
@@ -173,7 +176,7 @@ impl Replier {
     pub(crate) async fn send_heartbeat(&self, reply_q: &str, msg_id: &str) -> Result<()> {
         let body = Reply::heartbeat(msg_id).encode()?;
         let limit = self.config.missing_consumer_retry_timeout().max(Duration::from_secs(1));
-        match tokio::time::timeout(limit, self.publish(reply_q, &body, true)).await {
+        match tokio::time::timeout(limit, self.publish_isolated(reply_q, &body)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Error::MessageUndeliverable { .. })) => Err(Error::MessageDeliveryFailure {
                 message: "Heartbeat send failed. Missing queue/exchange".into(),
@@ -189,22 +192,31 @@ impl Replier {
 }
 
 impl ReturnedReplies for Replier {
+    /// A reply whose first attempt looked confirmed while its return surfaced elsewhere: that
+    /// return is its first failure, so its retries start their one deadline now. Its retries
+    /// are isolated, so it cannot come back here a second time.
     fn retry_returned_reply(self: Arc<Self>, reply_q: String, msg_id: String, body: Vec<u8>) {
-        let started = *self
-            .retrying
-            .lock()
-            .expect("retry table poisoned")
-            .entry(msg_id.clone())
-            .or_insert_with(Instant::now);
+        if self.obsolete.contains(&reply_q) {
+            tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
+            return;
+        }
+        {
+            let mut retrying = self.retrying.lock().expect("retry table poisoned");
+            if retrying.contains(&msg_id) {
+                tracing::debug!(msg_id = %msg_id, "the reply is already being retried");
+                return;
+            }
+            if retrying.len() >= MAX_RETRIED_REPLIES {
+                tracing::error!(
+                    "The reply {msg_id} to the missing queue {reply_q} is dropped: {MAX_RETRIED_REPLIES} replies to missing queues are already being retried"
+                );
+                return;
+            }
+            retrying.insert(msg_id.clone());
+        }
         tokio::spawn(async move {
-            if self.obsolete.contains(&reply_q) {
-                tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
-            } else {
-                tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
-                tokio::time::sleep(MISSING_QUEUE_RETRY_INTERVAL).await;
-                if let Err(error) = self.send_reply_body(&reply_q, &msg_id, &body, started, true).await {
-                    tracing::error!(msg_id = %msg_id, error = %error, "failed to send the reply");
-                }
+            if let Err(error) = self.retry_missing_queue(&reply_q, &msg_id, &body).await {
+                tracing::error!(msg_id = %msg_id, error = %error, "failed to send the reply");
             }
             self.retrying.lock().expect("retry table poisoned").remove(&msg_id);
         });

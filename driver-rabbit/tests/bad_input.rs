@@ -11,9 +11,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use common::CapturedLogs;
 use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
@@ -28,36 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Every log line of this test binary (TRACE level is not needed: the drops are WARN):
-/// install the capturing subscriber once for the whole binary; tests tell their lines apart
-/// by their own random queue names.
-fn logs() -> &'static CapturedLogs {
-    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = CapturedLogs::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info,lapin=warn")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
-}
-
-/// Log lines containing every one of `needles`.
-fn log_lines(needles: &[&str]) -> Vec<String> {
-    let text = logs().text();
-    text.lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The broker URL, or `None` to skip (a failure when CI requires the broker).
 fn broker() -> Option<String> {
     let url = common::broker_url_or_skip();
-    logs();
+    common::captured_logs();
     url
 }
 
@@ -265,7 +238,7 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
     // Give a redelivery loop time to show itself, then count.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(handled.load(Ordering::SeqCst), 1, "only the good cast reached the endpoint");
-    let dropped = log_lines(&[&topic, "skipping it"]);
+    let dropped = common::log_lines(&[&topic, "skipping it"]);
     assert_eq!(
         dropped.len(),
         undecodable.len(),
@@ -274,9 +247,9 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
     );
     // Each unrunnable request is logged with the server's topic: a dispatcher refusal
     // (no such method, bad version) as a warning, bad arguments as the endpoint's TypeError.
-    let dispatch_failures: Vec<String> = log_lines(&[&topic, "RPC dispatch failed"])
+    let dispatch_failures: Vec<String> = common::log_lines(&[&topic, "RPC dispatch failed"])
         .into_iter()
-        .chain(log_lines(&[&topic, "RPC endpoint raised", "TypeError"]))
+        .chain(common::log_lines(&[&topic, "RPC endpoint raised", "TypeError"]))
         .collect();
     assert_eq!(
         dispatch_failures.len(),
@@ -284,7 +257,7 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
         "every unrunnable request but the reply-less echo logged once:\n{}",
         dispatch_failures.join("\n")
     );
-    let reply_dropped = log_lines(&[&topic, "m-no-reply-q", "dropping the reply"]);
+    let reply_dropped = common::log_lines(&[&topic, "m-no-reply-q", "dropping the reply"]);
     assert_eq!(reply_dropped.len(), 1, "the reply-less call is logged");
     assert!(drained(&topic, Duration::from_secs(1)).await);
 
@@ -360,7 +333,7 @@ async fn notification_listener_drops_malformed_notifications_and_keeps_listening
         "nothing left or requeued in {queue}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let dropped = log_lines(&[&queue, "skipping it"]);
+    let dropped = common::log_lines(&[&queue, "skipping it"]);
     assert_eq!(
         dropped.len(),
         undecodable.len(),
@@ -370,7 +343,7 @@ async fn notification_listener_drops_malformed_notifications_and_keeps_listening
     // The three without a usable priority are logged and acknowledged (only this test of the
     // binary runs a notification listener); the one with odd field types but a priority is
     // delivered as oslo would, once.
-    let unknown_priority = log_lines(&["Unknown priority; dropping notification"]);
+    let unknown_priority = common::log_lines(&["Unknown priority; dropping notification"]);
     assert_eq!(unknown_priority.len(), 3, "{}", unknown_priority.join("\n"));
     let mut got: Vec<String> = received.lock().unwrap().iter().map(Value::to_string).collect();
     got.sort();
@@ -489,7 +462,7 @@ async fn bad_credentials_fail_at_once_typed_and_without_the_password() {
     assert_no_secret(&err, secret);
     assert_eq!(proxy.attempts(), 2);
     transport.cleanup().await;
-    let lines = log_lines(&[secret]);
+    let lines = common::log_lines(&[secret]);
     assert!(lines.is_empty(), "password in the logs:\n{}", lines.join("\n"));
 }
 
@@ -520,7 +493,7 @@ async fn unknown_virtual_host_fails_at_once_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_host_is_retried_with_backoff_then_fails_typed() {
-    logs();
+    common::captured_logs();
     // Needs no broker: a port where connections are accepted and dropped at once.
     let proxy = CountingProxy::start(None).await;
     let secret = "Unreach-Pw-Kx9";
@@ -607,7 +580,7 @@ async fn unreachable_host_is_retried_with_backoff_then_fails_typed() {
     assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_no_secret(&err, secret);
-    let lines = log_lines(&[secret]);
+    let lines = common::log_lines(&[secret]);
     assert!(lines.is_empty(), "password in the logs:\n{}", lines.join("\n"));
     transport.cleanup().await;
     closed_transport.cleanup().await;

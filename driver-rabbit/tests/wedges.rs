@@ -4,10 +4,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use lapin::options::ExchangeDeclareOptions;
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::ExchangeKind;
-use oslo_core::{Error, RpcClient, Target};
+use lapin::{BasicProperties, ExchangeKind};
+use oslo_core::codec;
+use oslo_core::{Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Target};
 use serde_json::json;
 
 /// Cast to an exchange that exists with other arguments (durable, cast as non-durable) more
@@ -15,7 +16,8 @@ use serde_json::json;
 /// transport keeps working for healthy targets afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_declarations_do_not_use_up_the_connections_channels() {
-    let url = require_broker!();
+    let Some(url) = common::broker_url_or_skip() else { return };
+    common::captured_logs();
     let exchange = common::unique("wedge-durable");
     let raw = common::raw_connection(&url).await;
     let channel = raw.create_channel().await.unwrap();
@@ -51,5 +53,141 @@ async fn refused_declarations_do_not_use_up_the_connections_channels() {
         .expect("a healthy cast after the refusals fails");
     transport.cleanup().await;
     common::delete_exchanges(&url, &[exchange]).await;
+    let _ = raw.close(200, "OK".into()).await;
+}
+
+/// Publish a call request to `echo` whose reply goes to `reply_q`, with raw lapin; returns
+/// its `_msg_id`.
+async fn publish_orphan_call(channel: &lapin::Channel, topic: &str, reply_q: &str, value: usize) -> String {
+    let msg_id = codec::new_id();
+    let body = codec::encode_envelope(&codec::encode_request(
+        &oslo_core::context(json!({"method": "echo", "args": {"value": value}})),
+        &JsonMap::new(),
+        Some(&codec::CallFields {
+            msg_id: &msg_id,
+            reply_q,
+            call_monitor_timeout: None,
+        }),
+        &codec::new_id(),
+    ))
+    .unwrap();
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into());
+    channel
+        .basic_publish("".into(), topic.into(), BasicPublishOptions::default(), &body, properties)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    msg_id
+}
+
+/// Messages waiting in `queue` (declaring it if needed).
+async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
+}
+
+/// Replies to missing reply queues in flight at once.
+const ORPHANS: usize = 512;
+
+/// [`ORPHANS`] replies in flight to as many missing reply queues: each one is retried for
+/// `kombu_missing_consumer_retry_timeout` from its own first failure, whatever the other
+/// replies' confirms carry, and then abandoned. A queue created within the window gets its
+/// reply; queues created after it get nothing (the server stopped trying).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_many_missing_queues_keep_one_deadline_each() {
+    let Some(url) = common::broker_url_or_skip() else { return };
+    common::captured_logs();
+    let topic = common::unique("wedge-noreplyq");
+    let (server_transport, _) = common::transport(&url, &[("kombu_missing_consumer_retry_timeout", "1")]);
+    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
+        .endpoint(Endpoint::new().method("echo", |_ctxt, args: JsonMap| async move {
+            Ok::<_, HandlerError>(args.get("value").cloned().unwrap_or(serde_json::Value::Null))
+        }))
+        // Every orphan in a slot of its own at once: a reply retried for a missing queue holds
+        // its executor slot, as in oslo, and the deadlines below assume no queueing.
+        .executor_pool_size(2 * ORPHANS)
+        .start()
+        .await
+        .unwrap();
+    let raw = common::raw_connection(&url).await;
+    let channel = raw.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // Real calls keep the server's shared reply channels busy, so that the returns of the
+    // orphan replies land on other replies' confirms (multiple acks).
+    let (client_transport, client_driver) = common::transport(&url, &[]);
+    let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(10));
+    let load = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut calls = 0u64;
+        while Instant::now() < until {
+            let batch = (0..32).map(|i| {
+                let client = client.clone();
+                async move { client.call(&common::context(), "echo", json!({"value": i})).await }
+            });
+            for result in futures::future::join_all(batch).await {
+                result.expect("a call with a live reply queue");
+                calls += 1;
+            }
+        }
+        calls
+    });
+    let late: Vec<String> = (0..ORPHANS).map(|i| format!("reply_{}_{i}", common::unique("late"))).collect();
+    let early = format!("reply_{}", common::unique("early"));
+    let started = Instant::now();
+    let mut msg_ids = Vec::new();
+    for (i, reply_q) in late.iter().enumerate() {
+        msg_ids.push(publish_orphan_call(&channel, &topic, reply_q, i).await);
+    }
+    publish_orphan_call(&channel, &topic, &early, ORPHANS).await;
+    // Within the window: the retried reply arrives once its queue exists.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    depth(&channel, &early).await;
+    assert!(
+        common::eventually(Duration::from_secs(3), || {
+            let channel = channel.clone();
+            let early = early.clone();
+            async move { depth(&channel, &early).await == 1 }
+        })
+        .await,
+        "a reply whose queue appears within the retry window must arrive"
+    );
+    // Past every reply's window (1 s from its first failure, checked every 0.25 s): nothing
+    // may be retried any more.
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed())).await;
+    for reply_q in &late {
+        depth(&channel, reply_q).await;
+    }
+    let calls = load.await.unwrap();
+    eprintln!("{calls} calls alongside the orphan replies");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut delivered = 0;
+    for reply_q in &late {
+        delivered += depth(&channel, reply_q).await;
+    }
+    assert_eq!(delivered, 0, "replies were still retried long after their deadline");
+    // Each reply entered the missing-queue retries once and was abandoned once: a return that
+    // surfaced on another publish's confirm never restarted its clock.
+    for msg_id in &msg_ids {
+        let retried = common::log_lines(&[&format!("The reply {msg_id} cannot be sent")]).len();
+        let abandoned = common::log_lines(&[&format!("The reply {msg_id} failed to send")]).len();
+        assert_eq!((retried, abandoned), (1, 1), "reply {msg_id}: retries started, abandoned");
+    }
+    server.shutdown().await;
+    let client_reply_q = client_driver.reply_queue_name().unwrap().to_string();
+    client_transport.cleanup().await;
+    server_transport.cleanup().await;
+    let mut queues = late.clone();
+    queues.push(client_reply_q);
+    queues.extend([early, topic.clone(), format!("{topic}.s1")]);
+    common::delete_queues(&url, &queues).await;
     let _ = raw.close(200, "OK".into()).await;
 }

@@ -73,6 +73,32 @@ impl Write for CapturedLogs {
     }
 }
 
+/// Every log line of this test binary, captured by a subscriber installed once for the whole
+/// binary (INFO and above; lapin's at WARN); tests tell their lines apart by their own random
+/// names. Call it before anything else installs a subscriber.
+pub fn captured_logs() -> &'static CapturedLogs {
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = CapturedLogs::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("info,lapin=warn")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        captured
+    })
+}
+
+/// Captured log lines containing every one of `needles`.
+pub fn log_lines(needles: &[&str]) -> Vec<String> {
+    let text = captured_logs().text();
+    text.lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
