@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::connect::{amqp_code, is_durable_mismatch, Connector};
-use crate::topology::{consumer_arguments, Topology};
+use crate::connect::{amqp_code, codes, is_durable_mismatch, Connector};
+use crate::topology::{consumer_arguments, BindingSpec, ExchangeSpec, QueueSpec, Topology};
 
 /// A confirm-mode channel on a subscription's own connection, for publishing (an RPC server's
 /// replies, a client's requests) without handing each message to a second connection's I/O
@@ -313,6 +313,119 @@ async fn open_channel(connection: &Connection, prefetch: u16) -> std::result::Re
     Ok(channel)
 }
 
+/// How many times a bind that found its exchange gone redeclares it and tries again.
+const REBIND_ATTEMPTS: u32 = 5;
+
+/// Declare `exchange` on `channel`; an exchange that exists with the other `durable` flag is
+/// declared non durable on a new channel (oslo's retry), which replaces `channel`.
+async fn declare_exchange(
+    connection: &Connection,
+    channel: &mut Channel,
+    exchange: &ExchangeSpec,
+    prefetch: u16,
+) -> std::result::Result<(), SetupError> {
+    let options = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        auto_delete: exchange.auto_delete,
+        ..ExchangeDeclareOptions::default()
+    };
+    let what = || format!("declaring exchange {:?}", exchange.name);
+    let declared = channel
+        .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
+        .await;
+    match declared {
+        Ok(()) => Ok(()),
+        Err(error) if exchange.durable && is_durable_mismatch(&error) => {
+            tracing::info!(exchange = %exchange.name, "Retrying to declare the exchange as non durable");
+            *channel = open_channel(connection, prefetch).await?;
+            let options = ExchangeDeclareOptions { durable: false, ..options };
+            channel
+                .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
+                .await
+                .map_err(|e| setup_error(connection, e, &what()))
+        }
+        Err(error) => Err(setup_error(connection, error, &what())),
+    }
+}
+
+/// Declare `queue` on `channel`, with the same non-durable retry as [`declare_exchange`].
+async fn declare_queue(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &QueueSpec,
+    prefetch: u16,
+) -> std::result::Result<(), SetupError> {
+    let options = QueueDeclareOptions {
+        durable: queue.durable,
+        auto_delete: queue.auto_delete,
+        ..QueueDeclareOptions::default()
+    };
+    let what = || format!("declaring queue {:?}", queue.name);
+    let declared = channel
+        .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
+        .await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(error) if queue.durable && is_durable_mismatch(&error) => {
+            tracing::warn!(queue = %queue.name, error = %error, "Queue could not be declared probably because of conflicting configurations; retrying non durable");
+            *channel = open_channel(connection, prefetch).await?;
+            let options = QueueDeclareOptions { durable: false, ..options };
+            channel
+                .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| setup_error(connection, e, &what()))
+        }
+        Err(error) => Err(setup_error(connection, error, &what())),
+    }
+}
+
+/// Bind as `binding` says. The auto-delete `<topic>_fanout` exchange vanishes when the last
+/// other server of the topic deletes its fanout queue, possibly between our declare and this
+/// bind: the broker then closes the channel with NOT_FOUND, and the exchange (and the queue,
+/// for good measure) is declared again on a new channel before the bind is tried again.
+async fn bind(
+    connection: &Connection,
+    channel: &mut Channel,
+    topology: &Topology,
+    binding: &BindingSpec,
+    prefetch: u16,
+) -> std::result::Result<(), SetupError> {
+    let mut attempts = 0;
+    loop {
+        let bound = channel
+            .queue_bind(
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        match bound {
+            Ok(()) => return Ok(()),
+            Err(error) if amqp_code(&error) == Some(codes::NOT_FOUND) && attempts < REBIND_ATTEMPTS => {
+                attempts += 1;
+                tracing::debug!(exchange = %binding.exchange, queue = %binding.queue, attempts, "binding found the exchange gone; declaring it again");
+                *channel = open_channel(connection, prefetch).await?;
+                if let Some(exchange) = topology.exchanges.iter().find(|e| e.name == binding.exchange) {
+                    declare_exchange(connection, channel, exchange, prefetch).await?;
+                }
+                if let Some(queue) = topology.queues.iter().find(|q| q.name == binding.queue) {
+                    declare_queue(connection, channel, queue, prefetch).await?;
+                }
+            }
+            Err(error) => {
+                return Err(setup_error(
+                    connection,
+                    error,
+                    &format!("binding queue {:?} to {:?}", binding.queue, binding.exchange),
+                ))
+            }
+        }
+    }
+}
+
 async fn establish(
     connector: &Arc<Connector>,
     topology: &Arc<Topology>,
@@ -333,68 +446,13 @@ async fn establish(
     let mut channel = open_channel(&connection, prefetch).await?;
 
     for exchange in &topology.exchanges {
-        let options = ExchangeDeclareOptions {
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            ..ExchangeDeclareOptions::default()
-        };
-        let declared = channel
-            .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
-            .await;
-        match declared {
-            Ok(()) => {}
-            Err(error) if exchange.durable && is_durable_mismatch(&error) => {
-                tracing::info!(exchange = %exchange.name, "Retrying to declare the exchange as non durable");
-                channel = open_channel(&connection, prefetch).await?;
-                let options = ExchangeDeclareOptions { durable: false, ..options };
-                channel
-                    .exchange_declare(exchange.name.as_str().into(), exchange.kind.clone(), options, FieldTable::default())
-                    .await
-                    .map_err(|e| setup_error(&connection, e, &format!("declaring exchange {:?}", exchange.name)))?;
-            }
-            Err(error) => return Err(setup_error(&connection, error, &format!("declaring exchange {:?}", exchange.name))),
-        }
+        declare_exchange(&connection, &mut channel, exchange, prefetch).await?;
     }
     for queue in &topology.queues {
-        let options = QueueDeclareOptions {
-            durable: queue.durable,
-            auto_delete: queue.auto_delete,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
-            .await;
-        match declared {
-            Ok(_) => {}
-            Err(error) if queue.durable && is_durable_mismatch(&error) => {
-                tracing::warn!(queue = %queue.name, error = %error, "Queue could not be declared probably because of conflicting configurations; retrying non durable");
-                channel = open_channel(&connection, prefetch).await?;
-                let options = QueueDeclareOptions { durable: false, ..options };
-                channel
-                    .queue_declare(queue.name.as_str().into(), options, queue.arguments.clone())
-                    .await
-                    .map_err(|e| setup_error(&connection, e, &format!("declaring queue {:?}", queue.name)))?;
-            }
-            Err(error) => return Err(setup_error(&connection, error, &format!("declaring queue {:?}", queue.name))),
-        }
+        declare_queue(&connection, &mut channel, queue, prefetch).await?;
     }
     for binding in &topology.bindings {
-        channel
-            .queue_bind(
-                binding.queue.as_str().into(),
-                binding.exchange.as_str().into(),
-                binding.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                setup_error(
-                    &connection,
-                    e,
-                    &format!("binding queue {:?} to {:?}", binding.queue, binding.exchange),
-                )
-            })?;
+        bind(&connection, &mut channel, topology, binding, prefetch).await?;
     }
 
     let blocked = Arc::new(AtomicBool::new(false));

@@ -2,9 +2,12 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use oslo_core::codec;
@@ -176,11 +179,20 @@ async fn replies_to_many_missing_queues_keep_one_deadline_each() {
     assert_eq!(delivered, 0, "replies were still retried long after their deadline");
     // Each reply entered the missing-queue retries once and was abandoned once: a return that
     // surfaced on another publish's confirm never restarted its clock.
-    for msg_id in &msg_ids {
-        let retried = common::log_lines(&[&format!("The reply {msg_id} cannot be sent")]).len();
-        let abandoned = common::log_lines(&[&format!("The reply {msg_id} failed to send")]).len();
-        assert_eq!((retried, abandoned), (1, 1), "reply {msg_id}: retries started, abandoned");
+    let mut counts: HashMap<&str, (usize, usize)> = msg_ids.iter().map(|id| (id.as_str(), (0, 0))).collect();
+    for line in common::captured_logs().text().lines() {
+        let Some((_, rest)) = line.split_once("The reply ") else { continue };
+        let Some((msg_id, what)) = rest.split_once(' ') else { continue };
+        if let Some((retried, abandoned)) = counts.get_mut(msg_id) {
+            *retried += usize::from(what.starts_with("cannot be sent"));
+            *abandoned += usize::from(what.starts_with("failed to send"));
+        }
     }
+    let wrong: Vec<_> = counts.iter().filter(|(_, &c)| c != (1, 1)).collect();
+    assert!(
+        wrong.is_empty(),
+        "replies not retried once and abandoned once (retried, abandoned): {wrong:?}"
+    );
     server.shutdown().await;
     let client_reply_q = client_driver.reply_queue_name().unwrap().to_string();
     client_transport.cleanup().await;
@@ -190,4 +202,114 @@ async fn replies_to_many_missing_queues_keep_one_deadline_each() {
     queues.extend([early, topic.clone(), format!("{topic}.s1")]);
     common::delete_queues(&url, &queues).await;
     let _ = raw.close(200, "OK".into()).await;
+}
+
+/// Servers of a topic starting while others of it stop: the auto-delete `<topic>_fanout`
+/// exchange vanishes whenever its last fanout queue goes, possibly between a starting server's
+/// declare and its bind, and every start must still succeed with its fanout binding in place.
+/// A raw connection plays the other servers: it binds a queue of its own to the exchange and
+/// deletes it again in a loop, so the exchange keeps disappearing during the starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_start_while_others_of_their_topic_stop() {
+    let Some(url) = common::broker_url_or_skip() else { return };
+    common::captured_logs();
+    let topic = common::unique("wedge-restart");
+    let fanout_exchange = format!("{topic}_fanout");
+    let raw = common::raw_connection(&url).await;
+    let churning = Arc::new(AtomicBool::new(true));
+    let churn = tokio::spawn({
+        let churning = churning.clone();
+        let exchange = fanout_exchange.clone();
+        async move {
+            let mut cycles = 0u32;
+            while churning.load(Ordering::Relaxed) {
+                // The churn meets the same race as the servers: a failed step (the broker then
+                // closes the channel) starts the next cycle on a new channel.
+                let channel = raw.create_channel().await.unwrap();
+                while churning.load(Ordering::Relaxed) && churn_once(&channel, &exchange).await.is_ok() {
+                    cycles += 1;
+                }
+            }
+            let _ = raw.close(200, "OK".into()).await;
+            cycles
+        }
+    });
+    let (transport, _) = common::transport(&url, &[]);
+    let fanouts = Arc::new(AtomicUsize::new(0));
+    let endpoint = || {
+        let fanouts = fanouts.clone();
+        Endpoint::new().method("record", move |_ctxt, _args: JsonMap| {
+            let fanouts = fanouts.clone();
+            async move {
+                fanouts.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+    };
+    let start = |i: usize| {
+        RpcServer::builder(transport.clone(), Target::new(&topic).with_server(format!("s{i}")))
+            .endpoint(endpoint())
+            .start()
+    };
+    let mut failures = Vec::new();
+    let starts = 60;
+    for i in 0..starts - 1 {
+        match start(i).await {
+            Ok(server) => server.shutdown().await,
+            Err(error) => failures.push(format!("start {i}: {error}")),
+        }
+    }
+    let last = start(starts - 1).await;
+    churning.store(false, Ordering::Relaxed);
+    let cycles = churn.await.unwrap();
+    eprintln!("{starts} starts against {cycles} vanishings of the fanout exchange");
+    match last {
+        Ok(last) => {
+            // The last server's fanout binding is in place: a fanout reaches it.
+            let client = RpcClient::new(transport.clone(), Target::new(&topic)).fanout(true);
+            client.cast(&common::context(), "record", json!({})).await.unwrap();
+            let reached = common::eventually(Duration::from_secs(10), || {
+                let fanouts = fanouts.clone();
+                async move { fanouts.load(Ordering::SeqCst) == 1 }
+            })
+            .await;
+            assert!(reached, "the fanout did not reach the last server");
+            last.shutdown().await;
+        }
+        Err(error) => failures.push(format!("start {}: {error}", starts - 1)),
+    }
+    assert!(failures.is_empty(), "{} of {starts} starts failed: {failures:?}", failures.len());
+    transport.cleanup().await;
+    let mut queues = vec![topic.clone()];
+    queues.extend((0..starts).map(|i| format!("{topic}.s{i}")));
+    common::delete_queues(&url, &queues).await;
+    common::delete_exchanges(&url, &[fanout_exchange]).await;
+}
+
+/// Another server of the topic coming and going: bind a private queue to the auto-delete
+/// fanout `exchange`, then delete the queue (and so, as its last binding, the exchange).
+async fn churn_once(channel: &lapin::Channel, exchange: &str) -> Result<(), lapin::Error> {
+    let options = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(exchange.into(), ExchangeKind::Fanout, options, FieldTable::default())
+        .await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel.queue_delete(queue.name().clone(), QueueDeleteOptions::default()).await?;
+    Ok(())
 }
