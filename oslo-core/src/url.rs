@@ -36,7 +36,7 @@ impl fmt::Debug for Secret {
 }
 
 /// One broker host of a transport URL, with its own (optional) credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct TransportHost {
     /// Host name or IP address (IPv6 without brackets); `None` when only credentials were given.
     pub hostname: Option<String>,
@@ -49,7 +49,7 @@ pub struct TransportHost {
 }
 
 /// A parsed transport URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TransportUrl {
     /// The scheme, e.g. `rabbit`, `fake`, `zmq+redis`.
     pub transport: String,
@@ -59,6 +59,34 @@ pub struct TransportUrl {
     pub hosts: Vec<TransportHost>,
     /// Query options; repeated keys are joined with `,`.
     pub query: BTreeMap<String, String>,
+}
+
+/// A host name or virtual host holding an '@' is a piece of a misparsed password (see
+/// [`TransportUrl::parse`]): `Debug` and `Display` show `***` instead.
+fn shown(piece: &Option<String>) -> Option<&str> {
+    piece.as_deref().map(|p| if p.contains('@') { "***" } else { p })
+}
+
+impl fmt::Debug for TransportHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportHost")
+            .field("hostname", &shown(&self.hostname))
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TransportUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportUrl")
+            .field("transport", &self.transport)
+            .field("virtual_host", &shown(&self.virtual_host))
+            .field("hosts", &self.hosts)
+            .field("query", &self.query)
+            .finish()
+    }
 }
 
 impl TransportUrl {
@@ -82,7 +110,10 @@ impl TransportUrl {
         let transport = scheme.to_ascii_lowercase();
 
         // urlsplit: fragment, then query, then `//netloc` up to the first '/'.
-        let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+        let (rest, fragment) = match rest.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (rest, None),
+        };
         let (rest, query_text) = match rest.split_once('?') {
             Some((before, query)) => (before, Some(query)),
             None => (rest, None),
@@ -94,6 +125,17 @@ impl TransportUrl {
             },
             None => ("", rest),
         };
+        // A password with an unescaped '/', '?' or '#' ends the netloc early, as in Python's
+        // urlsplit (`rabbit://guest:4242/S3cr3t@host/` is host `guest`, port 4242, vhost
+        // `S3cr3t@host`): the credentials' '@' then shows up in the vhost, a query key or the
+        // fragment. Python connects to the wrong host; refuse, without printing the password.
+        let query_keys_have_at =
+            query_text.is_some_and(|q| q.split(['&', ';']).any(|pair| pair.split('=').next().unwrap_or("").contains('@')));
+        if path.contains('@') || fragment.is_some_and(|f| f.contains('@')) || query_keys_have_at {
+            return Err(invalid(
+                "an '@' follows the host part: a password (or user name) holding '/', '?' or '#' must be percent-encoded (%2F, %3F, %23)",
+            ));
+        }
 
         let mut query: BTreeMap<String, String> = BTreeMap::new();
         if let Some(query_text) = query_text {
@@ -214,7 +256,10 @@ impl TransportUrl {
                     netloc.push('@');
                 }
                 if let Some(name) = host.hostname.as_deref().filter(|n| !n.is_empty()) {
-                    if name.contains(':') {
+                    if name.contains('@') {
+                        // Part of a misparsed password (see `parse`): never print it.
+                        netloc.push_str("***");
+                    } else if name.contains(':') {
                         netloc.push_str(&format!("[{name}]"));
                     } else {
                         netloc.push_str(name);
@@ -228,7 +273,12 @@ impl TransportUrl {
             .collect();
         let mut out = format!("{}://{}/", self.transport, netlocs.join(","));
         if let Some(vhost) = self.virtual_host.as_deref().filter(|v| !v.is_empty()) {
-            out.push_str(&quote(vhost, "/"));
+            if vhost.contains('@') && !with_passwords {
+                // Part of a misparsed password (see `parse`): never print it.
+                out.push_str("***");
+            } else {
+                out.push_str(&quote(vhost, "/"));
+            }
         }
         if !self.query.is_empty() {
             out.push('?');
@@ -599,6 +649,32 @@ mod tests {
             }
         }
         assert_eq!(redact_raw("rabbit://u:ok@h1,u2:x/y:z@h2/v"), "rabbit://u:***@h1,u2:***@h2/v");
+    }
+
+    #[test]
+    fn an_unescaped_password_that_ends_the_netloc_is_refused_without_printing_it() {
+        for (text, secret) in [
+            ("rabbit://guest:4242/S3cr3t@host/", "S3cr3t"),
+            ("rabbit://guest:4242#S3cr3t@host/", "S3cr3t"),
+            ("rabbit://guest:4242?S3cr3t@host/", "S3cr3t"),
+            ("rabbit://u:ok@h1,u2:x/Y3z@h2/v", "Y3z"),
+        ] {
+            let err = TransportUrl::parse(text).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(matches!(err, Error::InvalidTransportUrl { .. }), "{text}: {shown}");
+            assert!(shown.contains("percent-encoded"), "{text}: {shown}");
+            assert!(!shown.contains(secret), "{text}: {shown}");
+        }
+        // Percent-encoded, the same password parses and stays hidden.
+        let url = TransportUrl::parse("rabbit://guest:4242%2FS3cr3t@host/").unwrap();
+        assert_eq!(url.hosts[0].password.as_ref().unwrap().expose(), "4242/S3cr3t");
+        assert_eq!(url.to_string(), "rabbit://guest:***@host/");
+        // A URL built by hand with such pieces still prints nothing of them.
+        let mut url = TransportUrl::parse("rabbit://guest@host/").unwrap();
+        url.virtual_host = Some("S3cr3t@host".into());
+        url.hosts[0].hostname = Some("p@ss".into());
+        let shown = format!("{url} {url:?}");
+        assert!(!shown.contains("S3cr3t") && !shown.contains("p@ss"), "{shown}");
     }
 
     #[test]
