@@ -10,6 +10,7 @@ use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::messaging::{Outcome, Target as AmqpTarget};
 use fe2o3_amqp::Sender;
+use oslo_core::clip::clip;
 use oslo_core::codec::new_id;
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{
@@ -265,7 +266,7 @@ impl Shared {
                     Ok(body) => {
                         waiters.deliver(wire::parse_reply(msg_id, body));
                     }
-                    Err(err) => tracing::error!(msg_id, error = %err, "dropping a malformed reply"),
+                    Err(err) => tracing::error!(msg_id = %clip(&msg_id), error = %clip(&err.to_string()), "dropping a malformed reply"),
                 }
             }
         });

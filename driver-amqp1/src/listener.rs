@@ -17,6 +17,7 @@ use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Source};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, ReceiverDisposer};
+use oslo_core::clip::clip;
 use oslo_core::codec::DuplicateFilter;
 use oslo_core::{IncomingMessage, JsonMap, Listener, RemoteError, Result, Retry};
 use serde_json::Value as Json;
@@ -321,7 +322,7 @@ async fn read_link(
                 }
             }
             Err(RecvError::MessageDecode(err)) => {
-                tracing::error!(address, error = %err, "dropping an undecodable AMQP message");
+                tracing::error!(address, error = %clip(&err.to_string()), "dropping an undecodable AMQP message");
             }
             Err(err) => {
                 if !*stop.borrow() {
@@ -388,7 +389,7 @@ impl IncomingMessage for Amqp1Incoming {
         let body = wire::reply_body(&outcome)?;
         if let Err(err) = self.shared.send_reply(reply_to, msg_id, Some(body)).await {
             // The caller may be gone: log and carry on serving.
-            tracing::warn!(reply_to, msg_id, error = %err, "could not send the reply");
+            tracing::warn!(reply_to = %clip(reply_to), msg_id = %clip(msg_id), error = %err, "could not send the reply");
         }
         Ok(())
     }
@@ -486,7 +487,7 @@ impl Listener for Amqp1Listener {
                     if let Some(id) = &incoming.msg_id {
                         let fresh = self.duplicates.lock().expect("duplicate filter").check_and_add(id);
                         if !fresh {
-                            tracing::info!(message_id = id, "dropping a duplicate message");
+                            tracing::info!(message_id = %clip(id), "dropping a duplicate message");
                             let _ = incoming.acknowledge().await;
                             continue;
                         }
@@ -495,7 +496,7 @@ impl Listener for Amqp1Listener {
                 }
                 Err(err) => {
                     // Accepting settles it for good: a malformed message must not come back.
-                    tracing::error!(error = %err, "dropping a malformed message");
+                    tracing::error!(error = %clip(&err.to_string()), "dropping a malformed message");
                     if let Some(disposer) = received.disposer {
                         let _ = disposer.accept(received.info).await;
                     }

@@ -365,7 +365,7 @@ impl FakeListener {
                 let decoded = match codec::decode_body(&body) {
                     Ok(map) => codec::decode_request(map),
                     Err(err) => {
-                        tracing::warn!(error = %err, "dropping malformed message");
+                        tracing::warn!(error = %oslo_core::clip::clip(&err.to_string()), "dropping malformed message");
                         continue;
                     }
                 };

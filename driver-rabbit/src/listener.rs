@@ -11,6 +11,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
+use oslo_core::clip::clip;
 use oslo_core::codec::{self, IncomingRequest, JsonMap, Reply};
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result, Retry};
@@ -117,7 +118,7 @@ impl Replier {
     pub(crate) async fn send_reply(&self, reply_q: &str, reply: Reply, direct: Option<&PublishChannel>) -> Result<()> {
         let msg_id = reply.msg_id.clone();
         if self.obsolete.contains(reply_q) {
-            tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
+            tracing::warn!("{} doesn't exist, drop reply to {}", clip(reply_q), clip(&msg_id));
             return Ok(());
         }
         let body = reply.encode()?;
@@ -126,7 +127,7 @@ impl Replier {
                 DirectOutcome::Confirmed => return Ok(()),
                 DirectOutcome::Undeliverable => return self.retry_missing_queue(reply_q, &msg_id, &body).await,
                 DirectOutcome::Failed(reason) => {
-                    tracing::debug!(msg_id = %msg_id, reason = %reason, "reply not sent on the consuming connection; using the send connection");
+                    tracing::debug!(msg_id = %clip(&msg_id), reason = %reason, "reply not sent on the consuming connection; using the send connection");
                 }
             }
         }
@@ -142,13 +143,19 @@ impl Replier {
     async fn retry_missing_queue(&self, reply_q: &str, msg_id: &str, body: &[u8]) -> Result<()> {
         let timeout = self.config.missing_consumer_retry_timeout();
         let deadline = Instant::now() + timeout;
-        tracing::info!("The reply {msg_id} cannot be sent {reply_q} reply queue doesn't exist, retrying...");
+        tracing::info!(
+            "The reply {} cannot be sent {} reply queue doesn't exist, retrying...",
+            clip(msg_id),
+            clip(reply_q)
+        );
         loop {
             if Instant::now() >= deadline {
                 self.obsolete.add(reply_q);
                 tracing::error!(
-                    "The reply {msg_id} failed to send after {} seconds due to a missing queue ({reply_q}). Abandoning...",
-                    timeout.as_secs()
+                    "The reply {} failed to send after {} seconds due to a missing queue ({}). Abandoning...",
+                    clip(msg_id),
+                    timeout.as_secs(),
+                    clip(reply_q)
                 );
                 return Ok(());
             }
@@ -189,18 +196,20 @@ impl ReturnedReplies for Replier {
     /// are isolated, so it cannot come back here a second time.
     fn retry_returned_reply(self: Arc<Self>, reply_q: String, msg_id: String, body: Vec<u8>) {
         if self.obsolete.contains(&reply_q) {
-            tracing::warn!("{reply_q} doesn't exist, drop reply to {msg_id}");
+            tracing::warn!("{} doesn't exist, drop reply to {}", clip(&reply_q), clip(&msg_id));
             return;
         }
         {
             let mut retrying = self.retrying.lock().expect("retry table poisoned");
             if retrying.contains(&msg_id) {
-                tracing::debug!(msg_id = %msg_id, "the reply is already being retried");
+                tracing::debug!(msg_id = %clip(&msg_id), "the reply is already being retried");
                 return;
             }
             if retrying.len() >= MAX_RETRIED_REPLIES {
                 tracing::error!(
-                    "The reply {msg_id} to the missing queue {reply_q} is dropped: {MAX_RETRIED_REPLIES} replies to missing queues are already being retried"
+                    "The reply {} to the missing queue {} is dropped: {MAX_RETRIED_REPLIES} replies to missing queues are already being retried",
+                    clip(&msg_id),
+                    clip(&reply_q)
                 );
                 return;
             }
@@ -208,7 +217,7 @@ impl ReturnedReplies for Replier {
         }
         tokio::spawn(async move {
             if let Err(error) = self.retry_missing_queue(&reply_q, &msg_id, &body).await {
-                tracing::error!(msg_id = %msg_id, error = %error, "failed to send the reply");
+                tracing::error!(msg_id = %clip(&msg_id), error = %error, "failed to send the reply");
             }
             self.retrying.lock().expect("retry table poisoned").remove(&msg_id);
         });
@@ -269,11 +278,11 @@ impl IncomingMessage for RabbitIncoming {
             return Ok(());
         };
         if self.replied.swap(true, Ordering::AcqRel) {
-            tracing::warn!(msg_id = %msg_id, "reply already sent; ignoring a second one");
+            tracing::warn!(msg_id = %clip(msg_id), "reply already sent; ignoring a second one");
             return Ok(());
         }
         let Some(reply_q) = &self.request.reply_q else {
-            tracing::warn!(msg_id = %msg_id, "request without _reply_q (pre-9.0 client?); dropping the reply");
+            tracing::warn!(msg_id = %clip(msg_id), "request without _reply_q (pre-9.0 client?); dropping the reply");
             return Ok(());
         };
         replier
@@ -336,7 +345,7 @@ fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option
     match decode_delivery(delivery) {
         Ok(map) => Some(codec::decode_request(map)),
         Err(reason) => {
-            tracing::warn!(queue, reason = %reason, "Failed to process message ... skipping it.");
+            tracing::warn!(queue, reason = %clip(&reason), "Failed to process message ... skipping it.");
             reject_now(channel, delivery.delivery_tag, false);
             None
         }
@@ -368,7 +377,7 @@ impl Kind {
             Kind::Notification { recent } => {
                 if let Some(unique_id) = &request.unique_id {
                     if recent.contains(unique_id) {
-                        tracing::info!(queue = origin.queue, unique_id = %unique_id, "ignoring duplicate message");
+                        tracing::info!(queue = origin.queue, unique_id = %clip(unique_id), "ignoring duplicate message");
                         let _ = ack_now(origin.channel, delivery.delivery_tag);
                         return None;
                     }
@@ -399,7 +408,7 @@ impl DeliveryHandler for ReplyHandler {
             Ok(reply) => {
                 self.waiters.deliver(reply);
             }
-            Err(reason) => tracing::warn!(queue, reason = %reason, "dropping a malformed reply"),
+            Err(reason) => tracing::warn!(queue, reason = %clip(&reason), "dropping a malformed reply"),
         }
     }
 }

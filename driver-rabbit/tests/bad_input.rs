@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
+use oslo_core::clip::LOG_FIELD_LIMIT;
 use oslo_core::{
     Endpoint, Error, HandlerError, JsonMap, NotificationEndpoint, NotificationListener, NotificationResult, Notifier, Priority, Retry,
     RpcClient, RpcServer, Target,
@@ -103,6 +104,9 @@ async fn drained(queue: &str, limit: Duration) -> bool {
         }
     }
 }
+
+/// A marker for attacker-sized fields (1 MiB of it), to find them in the logs.
+const HUGE_MARK: &str = "Zq";
 
 /// The malformed bodies every listener must survive, by name.
 fn malformed_bodies() -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
@@ -211,6 +215,17 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
             enveloped(r#"{"method": "echo", "args": {"value": 1}, "_msg_id": "m-no-reply-q"}"#),
             json_props(),
         ),
+        // Attacker-sized fields: logged clipped (checked below).
+        (
+            "a 1 MiB method name",
+            enveloped(&format!(r#"{{"method": "{}", "args": {{}}}}"#, HUGE_MARK.repeat(1 << 19))),
+            json_props(),
+        ),
+        (
+            "a 1 MiB argument of the wrong type",
+            enveloped(&format!(r#"{{"method": "record", "args": "{}"}}"#, HUGE_MARK.repeat(1 << 19))),
+            json_props(),
+        ),
     ];
     let mut all = undecodable.clone();
     all.extend(unrunnable.clone());
@@ -257,6 +272,12 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
         "every unrunnable request but the reply-less echo logged once:\n{}",
         dispatch_failures.join("\n")
     );
+    // The 1 MiB method name and argument were logged, clipped to a few hundred characters.
+    let clipped = HUGE_MARK.repeat(LOG_FIELD_LIMIT / HUGE_MARK.len() + 1);
+    let long_lines: Vec<usize> = common::log_lines(&[&clipped]).iter().map(String::len).collect();
+    assert!(long_lines.is_empty(), "message fields logged whole: lines of {long_lines:?} bytes");
+    let logged = common::log_lines(&[&topic, HUGE_MARK, "bytes in all)"]);
+    assert!(logged.len() >= 2, "the huge fields are logged, clipped:\n{}", logged.join("\n"));
     let reply_dropped = common::log_lines(&[&topic, "m-no-reply-q", "dropping the reply"]);
     assert_eq!(reply_dropped.len(), 1, "the reply-less call is logged");
     assert!(drained(&topic, Duration::from_secs(1)).await);

@@ -9,6 +9,7 @@
 //! [`Driver`], [`Listener`] and [`IncomingMessage`] and run the conformance suite
 //! (`conformance` feature) against their driver.
 
+pub mod clip;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;

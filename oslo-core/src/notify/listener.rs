@@ -330,7 +330,7 @@ impl Dispatcher {
     async fn dispatch_one(&self, message: Box<dyn IncomingMessage>) {
         let outcome = match Notification::from_message(message.message(), message.context()) {
             Err(err) => {
-                tracing::warn!(error = %err, "Unknown priority; dropping notification");
+                tracing::warn!(error = %crate::clip::clip(&err.to_string()), "Unknown priority; dropping notification");
                 NotificationResult::Handled
             }
             Ok(notification) => {
@@ -358,7 +358,7 @@ impl Dispatcher {
             match Notification::from_message(message.message(), message.context()) {
                 Ok(notification) => parsed.push((message, notification)),
                 Err(err) => {
-                    tracing::warn!(error = %err, "Unknown priority; dropping notification");
+                    tracing::warn!(error = %crate::clip::clip(&err.to_string()), "Unknown priority; dropping notification");
                     self.settle(&*message, NotificationResult::Handled).await;
                 }
             }

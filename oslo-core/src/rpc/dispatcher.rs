@@ -269,7 +269,7 @@ impl RpcDispatcher {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "handler panicked".into());
-                tracing::error!(method, panic = %text, "RPC handler panicked");
+                tracing::error!(method = %crate::clip::clip(method), panic = %crate::clip::clip(&text), "RPC handler panicked");
                 return Err(fail(RemoteError::new(
                     "RuntimeError",
                     "builtins",

@@ -7,6 +7,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::clip::clip;
 use crate::codec::DuplicateFilter;
 use crate::driver::IncomingMessage;
 use crate::error::Result;
@@ -168,7 +169,7 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, r
     let unique_id = message.unique_id().map(str::to_string);
     if let Some(unique_id) = &unique_id {
         if !recent.lock().expect("duplicate window poisoned").check_and_add(unique_id) {
-            tracing::info!(%unique_id, "ignoring duplicate message");
+            tracing::info!(unique_id = %clip(unique_id), "ignoring duplicate message");
             if let Err(err) = message.acknowledge().await {
                 tracing::debug!(error = %err, "failed to acknowledge a duplicate");
             }
@@ -192,7 +193,7 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, r
         .to_string();
     let heartbeat = start_call_monitor(&*message);
     let outcome = async {
-        let span = tracing::debug_span!("rpc.dispatch", method = %method);
+        let span = tracing::debug_span!("rpc.dispatch", method = %clip(&method));
         dispatcher
             .dispatch(message.context().clone(), message.message())
             .instrument(span)
@@ -204,14 +205,14 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, r
     };
     if let Err(failure) = &outcome {
         if failure.module == "oslo_messaging.rpc.dispatcher" {
-            tracing::warn!(method = %method, error = %failure.message, "RPC dispatch failed");
+            tracing::warn!(method = %clip(&method), error = %clip(&failure.message), "RPC dispatch failed");
         } else {
-            tracing::error!(method = %method, class = %failure.exc_type, error = %failure.message, "RPC endpoint raised");
+            tracing::error!(method = %clip(&method), class = %clip(&failure.exc_type), error = %clip(&failure.message), "RPC endpoint raised");
         }
     }
     if message.expects_reply() {
         if let Err(err) = message.reply(outcome).await {
-            tracing::error!(method = %method, error = %err, "failed to send the reply");
+            tracing::error!(method = %clip(&method), error = %clip(&err.to_string()), "failed to send the reply");
         }
     }
 }
