@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub connector: Arc<Connector>,
     pub admin: RabbitAdmin,
     control_exchange: String,
+    /// `TransportConfig::max_message_size`: larger bodies are dropped before decoding.
+    pub max_message_size: usize,
     peer: OnceLock<(Peer, Addresser)>,
     last_broker: Mutex<Option<Broker>>,
     sends: SendLinks,
@@ -96,6 +98,7 @@ impl Amqp1Driver {
             config,
             connector,
             control_exchange: transport.control_exchange.clone(),
+            max_message_size: transport.max_message_size,
             peer: OnceLock::new(),
             last_broker: Mutex::new(None),
             waiters: ReplyWaiters::new(),
@@ -256,13 +259,14 @@ impl Shared {
             None => attached.into_iter().next().ok_or_else(|| transport("no reply address"))?,
         };
         let waiters = self.waiters.clone();
+        let max_message_size = self.max_message_size;
         let task = tokio::spawn(async move {
             while let Some(received) = incoming.recv().await {
                 let Some(msg_id) = wire::correlation_id(&received.message) else {
                     tracing::warn!("dropping a reply without correlation_id");
                     continue;
                 };
-                match wire::body_json(&received.message) {
+                match wire::body_json(&received.message, max_message_size) {
                     Ok(body) => {
                         waiters.deliver(wire::parse_reply(msg_id, body));
                     }

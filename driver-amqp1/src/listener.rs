@@ -470,8 +470,8 @@ impl Amqp1Listener {
     }
 }
 
-fn parse(message: &wire::AmqpMessage) -> Result<wire::Request> {
-    let body = wire::body_json(message)?.ok_or_else(|| oslo_core::Error::invalid_message("message without a body"))?;
+fn parse(message: &wire::AmqpMessage, max_message_size: usize) -> Result<wire::Request> {
+    let body = wire::body_json(message, max_message_size)?.ok_or_else(|| oslo_core::Error::invalid_message("message without a body"))?;
     wire::parse_request(body)
 }
 
@@ -481,7 +481,7 @@ impl Listener for Amqp1Listener {
         loop {
             let received = self.incoming.recv().await?;
             let message_id = wire::message_id(&received.message);
-            match parse(&received.message) {
+            match parse(&received.message, self.shared.max_message_size) {
                 Ok(request) => {
                     let incoming = self.incoming(request, message_id, received);
                     if let Some(id) = &incoming.msg_id {

@@ -128,7 +128,19 @@ pub(crate) fn reply_to(message: &AmqpMessage) -> Option<String> {
 
 /// The JSON body: an AMQP value string (oslo), or data sections (a peer that converted it);
 /// `None` for a message without a body (a heartbeat).
-pub(crate) fn body_json(message: &AmqpMessage) -> Result<Option<JsonMap>> {
+/// The JSON object of an oslo message body; a body over `max_message_size` bytes is refused
+/// before it is copied or decoded.
+pub(crate) fn body_json(message: &AmqpMessage, max_message_size: usize) -> Result<Option<JsonMap>> {
+    let len = match &message.body {
+        Body::Value(v) => match &v.0 {
+            Value::String(s) => s.len(),
+            Value::Binary(b) => b.len(),
+            _ => 0,
+        },
+        Body::Data(batch) => batch.iter().map(|d| d.0.len()).sum(),
+        _ => 0,
+    };
+    oslo_core::codec::check_message_size(len, max_message_size)?;
     let text: Cow<'_, [u8]> = match &message.body {
         Body::Empty => return Ok(None),
         Body::Value(v) => match &v.0 {
@@ -234,7 +246,7 @@ mod tests {
         assert_eq!(message_id(&amqp).as_deref(), Some("id1"));
         assert_eq!(reply_to(&amqp).as_deref(), Some("reply"));
         assert_eq!(amqp.header.as_ref().unwrap().ttl, Some(1500));
-        let request = parse_request(body_json(&amqp).unwrap().unwrap()).unwrap();
+        let request = parse_request(body_json(&amqp, 0).unwrap().unwrap()).unwrap();
         assert_eq!(request.message, message);
         assert_eq!(request.context, context);
         assert_eq!(request.call_monitor_timeout, Some(Duration::from_secs(10)));
@@ -262,14 +274,19 @@ mod tests {
         assert_eq!(reply.failure.unwrap().exc_type, "ValueError");
         assert!(parse_reply("m".into(), None).is_heartbeat());
         let hb = build("a", None, None, Some("m"), None, None);
-        assert!(body_json(&hb).unwrap().is_none());
+        assert!(body_json(&hb, 0).unwrap().is_none());
         assert_eq!(correlation_id(&hb).as_deref(), Some("m"));
     }
 
     #[test]
     fn malformed_bodies_are_typed_errors() {
         let m = build("a", Some("not json".into()), None, None, None, None);
-        assert!(matches!(body_json(&m), Err(Error::InvalidMessage { .. })));
+        assert!(matches!(body_json(&m, 0), Err(Error::InvalidMessage { .. })));
+        let body = r#"{"k": "0123456789"}"#;
+        let big = build("a", Some(body.into()), None, None, None, None);
+        assert!(body_json(&big, body.len()).unwrap().is_some());
+        let err = body_json(&big, body.len() - 1).unwrap_err();
+        assert!(err.to_string().contains("max_message_size"), "{err}");
         assert!(matches!(parse_request(map(json!({"x": 1}))), Err(Error::InvalidMessage { .. })));
     }
 }

@@ -47,6 +47,8 @@ pub struct RabbitDriver {
 struct Inner {
     url: TransportUrl,
     control_exchange: String,
+    /// `TransportConfig::max_message_size`: larger deliveries are dropped before decoding.
+    max_message_size: usize,
     config: Arc<RabbitConfig>,
     connector: Arc<Connector>,
     publisher: Arc<Publisher>,
@@ -100,6 +102,7 @@ impl RabbitDriver {
             inner: Arc::new(Inner {
                 url: url.clone(),
                 control_exchange: transport_config.control_exchange.clone(),
+                max_message_size: transport_config.max_message_size,
                 config,
                 connector,
                 publisher,
@@ -173,6 +176,7 @@ impl RabbitDriver {
                 };
                 let handler = Arc::new(ReplyHandler {
                     waiters: inner.waiters.clone(),
+                    max_message_size: inner.max_message_size,
                 });
                 let subscription =
                     Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, "reply").await?;
@@ -373,7 +377,7 @@ impl Driver for RabbitDriver {
         let kind = Kind::Rpc {
             replier: self.inner.replier.clone(),
         };
-        Ok(Box::new(RabbitListener::new(kind, feed, subscription)))
+        Ok(Box::new(RabbitListener::new(kind, feed, subscription, self.inner.max_message_size)))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -399,7 +403,12 @@ impl Driver for RabbitDriver {
             "notification listener",
         )
         .await?;
-        Ok(Box::new(RabbitListener::new(Kind::notification(), feed, subscription)))
+        Ok(Box::new(RabbitListener::new(
+            Kind::notification(),
+            feed,
+            subscription,
+            self.inner.max_message_size,
+        )))
     }
 
     async fn cleanup(&self) {

@@ -28,8 +28,10 @@ use crate::util::{ObsoleteReplyQueues, RecentIds};
 const MISSING_QUEUE_RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Decode a delivery as kombu + oslo do: only `application/json` bodies (utf-8) are accepted,
-/// then the oslo envelope is unwrapped. The error text says why the message is dropped.
-pub(crate) fn decode_delivery(delivery: &Delivery) -> std::result::Result<JsonMap, String> {
+/// then the oslo envelope is unwrapped. A body over `max_message_size` is refused first. The
+/// error text says why the message is dropped.
+pub(crate) fn decode_delivery(delivery: &Delivery, max_message_size: usize) -> std::result::Result<JsonMap, String> {
+    codec::check_message_size(delivery.data.len(), max_message_size).map_err(|e| e.to_string())?;
     let properties = &delivery.properties;
     match properties.content_type().as_ref().map(|c| c.as_str()) {
         Some("application/json") => {}
@@ -341,8 +343,9 @@ const DUPLICATE_WINDOW: usize = codec::DEFAULT_DUPLICATE_WINDOW;
 
 /// Decode a delivery, or log it and reject it without requeue (oslo's consumer callback:
 /// "Failed to process message ... skipping it.").
-fn decode_or_drop(queue: &str, channel: &Channel, delivery: &Delivery) -> Option<codec::IncomingRequest> {
-    match decode_delivery(delivery) {
+fn decode_or_drop(origin: &Origin<'_>, delivery: &Delivery) -> Option<codec::IncomingRequest> {
+    let (queue, channel) = (origin.queue, origin.channel);
+    match decode_delivery(delivery, origin.max_message_size) {
         Ok(map) => Some(codec::decode_request(map)),
         Err(reason) => {
             tracing::warn!(queue, reason = %clip(&reason), "Failed to process message ... skipping it.");
@@ -358,6 +361,7 @@ struct Origin<'a> {
     queue: &'a str,
     channel: &'a Channel,
     publish_channel: Option<&'a PublishChannel>,
+    max_message_size: usize,
 }
 
 impl Kind {
@@ -371,7 +375,7 @@ impl Kind {
     /// The incoming message for `delivery`, or `None` when it was malformed (rejected) or a
     /// duplicate notification (acked).
     fn take(&self, origin: &Origin<'_>, delivery: Delivery) -> Option<Box<dyn IncomingMessage>> {
-        let request = decode_or_drop(origin.queue, origin.channel, &delivery)?;
+        let request = decode_or_drop(origin, &delivery)?;
         let publish_channel = match self {
             Kind::Rpc { .. } => origin.publish_channel.cloned(),
             Kind::Notification { recent } => {
@@ -400,11 +404,12 @@ impl Kind {
 /// acks them on receipt).
 pub(crate) struct ReplyHandler {
     pub(crate) waiters: ReplyWaiters,
+    pub(crate) max_message_size: usize,
 }
 
 impl DeliveryHandler for ReplyHandler {
     fn handle(&self, queue: &str, delivery: Delivery) {
-        match decode_delivery(&delivery).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
+        match decode_delivery(&delivery, self.max_message_size).and_then(|map| Reply::from_map(map).map_err(|e| e.to_string())) {
             Ok(reply) => {
                 self.waiters.deliver(reply);
             }
@@ -422,10 +427,11 @@ struct LiveFeed {
     /// with an `Err` saying why.
     deliveries: SelectAll<BoxStream<'static, (usize, std::result::Result<Delivery, String>)>>,
     ended: mpsc::UnboundedSender<String>,
+    max_message_size: usize,
 }
 
 impl LiveFeed {
-    fn new(feed: Feed) -> Self {
+    fn new(feed: Feed, max_message_size: usize) -> Self {
         let mut queues = Vec::with_capacity(feed.consumers.len());
         let mut deliveries = SelectAll::new();
         for (index, (queue, consumer)) in feed.consumers.into_iter().enumerate() {
@@ -448,6 +454,7 @@ impl LiveFeed {
             queues,
             deliveries,
             ended: feed.ended,
+            max_message_size,
         }
     }
 
@@ -456,6 +463,7 @@ impl LiveFeed {
             queue: &self.queues[index],
             channel: &self.channel,
             publish_channel: self.publish_channel.as_ref(),
+            max_message_size: self.max_message_size,
         }
     }
 }
@@ -470,6 +478,7 @@ pub(crate) struct RabbitListener {
     subscription: Subscription,
     stopped: bool,
     cleaned: bool,
+    max_message_size: usize,
 }
 
 impl RabbitListener {
@@ -478,7 +487,7 @@ impl RabbitListener {
         mpsc::unbounded_channel()
     }
 
-    pub(crate) fn new(kind: Kind, feeds: mpsc::UnboundedReceiver<Feed>, subscription: Subscription) -> Self {
+    pub(crate) fn new(kind: Kind, feeds: mpsc::UnboundedReceiver<Feed>, subscription: Subscription, max_message_size: usize) -> Self {
         RabbitListener {
             kind,
             feeds,
@@ -486,6 +495,7 @@ impl RabbitListener {
             subscription,
             stopped: false,
             cleaned: false,
+            max_message_size,
         }
     }
 
@@ -537,7 +547,7 @@ impl Listener for RabbitListener {
             };
             match step {
                 // A new session (after a reconnect) replaces the old one's consumers.
-                Step::Feed(Some(feed)) => self.live = Some(LiveFeed::new(feed)),
+                Step::Feed(Some(feed)) => self.live = Some(LiveFeed::new(feed, self.max_message_size)),
                 Step::Feed(None) => return None,
                 Step::Delivery(item) => {
                     if let Some(message) = self.take(item) {

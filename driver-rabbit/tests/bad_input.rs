@@ -158,6 +158,82 @@ fn malformed_bodies() -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
 // ---------------------------------------------------------------------------------------------
 // Malformed messages
 
+/// A request over `max_message_size` is logged once and dropped before it is decoded (the
+/// handler never runs, the server keeps serving); one just under the limit is handled. A reply
+/// over the client's limit is dropped too, and the call times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_max_message_size_are_dropped_before_decoding() {
+    let Some(url) = broker() else { return };
+    let topic = common::unique("bad-input-size");
+    let limit = 256 * 1024;
+    let parsed = oslo_core::TransportUrl::parse(&url).unwrap();
+    let config = oslo_core::TransportConfig {
+        max_message_size: limit,
+        ..oslo_core::TransportConfig::default()
+    };
+    let driver = Arc::new(driver_rabbit::RabbitDriver::new(&parsed, &config).unwrap());
+    let transport = oslo_core::Transport::from_driver(driver.clone(), parsed, config);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let server = RpcServer::builder(transport.clone(), Target::new(&topic).with_server("s1"))
+        .endpoint(Endpoint::new().method("record", {
+            let handled = handled.clone();
+            move |_c, args: JsonMap| {
+                let handled = handled.clone();
+                async move {
+                    let text = args.get("text").and_then(Value::as_str).unwrap_or_default().len();
+                    handled.lock().unwrap().push(text);
+                    // The reply is twice the size of the request.
+                    Ok::<_, HandlerError>("x".repeat(2 * text))
+                }
+            }
+        }))
+        .start()
+        .await
+        .expect("server starts");
+    let request = |len: usize| enveloped(&json!({"method": "record", "args": {"text": "y".repeat(len)}}).to_string());
+    let over = request(limit);
+    let under = request(limit / 2);
+    assert!(over.len() > limit && under.len() < limit);
+    publish_raw(
+        &url,
+        &topic,
+        &[("over the limit", over, json_props()), ("under the limit", under, json_props())],
+    )
+    .await;
+    assert!(drained(&topic, Duration::from_secs(10)).await, "nothing left in {topic}");
+    let seen = common::eventually(Duration::from_secs(10), || {
+        let handled = handled.clone();
+        async move { handled.lock().unwrap().len() == 1 }
+    })
+    .await;
+    assert!(seen, "the request under the limit is handled");
+    assert_eq!(
+        *handled.lock().unwrap(),
+        [limit / 2],
+        "only the request under the limit reached the handler"
+    );
+    let dropped = common::log_lines(&[&topic, "larger than max_message_size", "skipping it"]);
+    assert_eq!(dropped.len(), 1, "logged once:\n{}", dropped.join("\n"));
+
+    // A reply over the limit: the client drops it and times out; a smaller one arrives.
+    let client = RpcClient::new(transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(3));
+    let ctxt = common::context();
+    let small = client.call(&ctxt, "record", json!({"text": "z".repeat(1000)})).await.unwrap();
+    assert_eq!(small.as_str().map(str::len), Some(2000));
+    let err = client.call(&ctxt, "record", json!({"text": "z".repeat(limit * 2 / 3)})).await;
+    assert!(err.is_err(), "a request under the limit whose reply is over it");
+    let err = client.call(&ctxt, "record", json!({"text": "z".repeat(limit / 4)})).await.unwrap();
+    assert_eq!(err.as_str().map(str::len), Some(limit / 2));
+    assert_eq!(common::log_lines(&["larger than max_message_size", "malformed reply"]).len(), 1);
+
+    server.shutdown().await;
+    let reply_q = driver.reply_queue_name().map(str::to_string);
+    transport.cleanup().await;
+    let mut queues = vec![topic.clone(), format!("{topic}.s1")];
+    queues.extend(reply_q);
+    common::delete_queues(&url, &queues).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
     let Some(url) = broker() else { return };

@@ -184,6 +184,25 @@ pub fn encode_plain(inner: &JsonMap) -> Result<Vec<u8>> {
     Ok(pyjson::to_vec(inner)?)
 }
 
+/// Refuse a body of `len` bytes when it is larger than `limit` (`0`: no limit), before
+/// anything decodes it ([`crate::TransportConfig::max_message_size`]).
+///
+/// ```
+/// use oslo_core::codec::check_message_size;
+/// assert!(check_message_size(10, 10).is_ok());
+/// assert!(check_message_size(10, 0).is_ok());
+/// let err = check_message_size(11, 10).unwrap_err();
+/// assert_eq!(err.to_string().contains("11 bytes"), true);
+/// ```
+pub fn check_message_size(len: usize, limit: usize) -> Result<()> {
+    if limit != 0 && len > limit {
+        return Err(Error::invalid_message(format!(
+            "a message of {len} bytes is larger than max_message_size ({limit} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Decode a body (oslo `deserialize_msg`): an enveloped message is unwrapped after checking
 /// its version; a dict without both envelope keys is returned as is (a "1.0" message).
 pub fn decode_body(body: &[u8]) -> Result<JsonMap> {

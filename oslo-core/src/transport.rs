@@ -32,7 +32,16 @@ pub struct TransportConfig {
     /// Options of the driver's own group (e.g. `[oslo_messaging_rabbit]`), by oslo option
     /// name, as strings. The URL's query overrides them, as in oslo.
     pub driver_options: BTreeMap<String, String>,
+    /// The largest message body a listener or a reply waiter accepts, in bytes; a larger one
+    /// is logged once and dropped before it is decoded. `0` means no limit. Default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]. oslo has no such option; without one, a few large
+    /// messages at once can take a server's memory.
+    pub max_message_size: usize,
 }
+
+/// The default [`TransportConfig::max_message_size`]: 16 MiB, RabbitMQ 4.0's own default
+/// `max_message_size` (3.x allowed 128 MiB), far above what OpenStack services send.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -40,6 +49,7 @@ impl Default for TransportConfig {
             control_exchange: "openstack".into(),
             rpc_response_timeout: Duration::from_secs(60),
             driver_options: BTreeMap::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
