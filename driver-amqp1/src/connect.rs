@@ -220,9 +220,13 @@ impl Connector {
                 .connect(server_name, stream)
                 .await
                 .map_err(|e| transport(format!("TLS handshake with {address}: {e}")))?;
-            self.open(broker, SniffStream::new(tls, captured.clone())).await?
+            self.open(broker, SniffStream::new(tls, captured.clone()))
+                .await
+                .map_err(|e| with_protocol_hint(e, &captured.lock().expect("sniff buffer")))?
         } else {
-            self.open(broker, SniffStream::new(stream, captured.clone())).await?
+            self.open(broker, SniffStream::new(stream, captured.clone()))
+                .await
+                .map_err(|e| with_protocol_hint(e, &captured.lock().expect("sniff buffer")))?
         };
         let product = peer_product(&captured.lock().expect("sniff buffer"));
         let mut connection = connection;
@@ -408,6 +412,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SniffStream<S> {
     }
 }
 
+/// A failed open whose peer answered with the AMQP 0-9-1 protocol header: RabbitMQ does that
+/// on a port without the AMQP 1.0 plugin (it offers the protocol it speaks, then closes).
+fn with_protocol_hint(error: Error, peer_sent: &[u8]) -> Error {
+    if !peer_sent.starts_with(b"AMQP\x00\x00\x09\x01") {
+        return error;
+    }
+    Error::transport(
+        DRIVER_NAME,
+        format!(
+            "{error} (the broker speaks only AMQP 0-9-1 on this port: use rabbit:// for it, or enable RabbitMQ's rabbitmq_amqp1_0 plugin)"
+        ),
+        false,
+    )
+}
+
 /// Find the peer's Open performative in the bytes it sent first (protocol headers, SASL
 /// frames, then AMQP frames) and return its `product` property.
 pub(crate) fn peer_product(bytes: &[u8]) -> Option<String> {
@@ -493,6 +512,31 @@ mod tests {
         assert!(matches!(tls_client_config(&config), Err(Error::Configuration { .. })));
         config.ssl_key_file.clear();
         assert!(tls_client_config(&config).is_ok(), "web PKI roots by default");
+    }
+
+    /// RabbitMQ without the AMQP 1.0 plugin answers the AMQP 1.0 header with its own 0-9-1
+    /// header and closes: the error says to use rabbit://, and is not retried.
+    #[tokio::test]
+    async fn an_amqp_0_9_1_only_port_says_use_rabbit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut header = [0u8; 8];
+                let _ = socket.read_exact(&mut header).await;
+                let _ = socket.write_all(b"AMQP\x00\x00\x09\x01").await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        let url = TransportUrl::parse(&format!("amqp://guest:guest@127.0.0.1:{port}/")).unwrap();
+        let connector = Connector::new(&url, Arc::new(Amqp1Config::default())).unwrap();
+        let err = match connector.connect(Retry::Limited(3)).await {
+            Ok(_) => panic!("connected to a 0-9-1 port"),
+            Err(err) => err,
+        };
+        assert!(err.to_string().contains("use rabbit://"), "{err}");
+        assert!(!err.is_retryable(), "{err}");
     }
 
     #[test]

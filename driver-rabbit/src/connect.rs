@@ -61,6 +61,9 @@ pub(crate) struct Connector {
     cursor: AtomicUsize,
     /// The transport URL without passwords, for messages.
     url_display: String,
+    /// Why the latest connection attempt failed; cleared when one succeeds. An operation that
+    /// runs out of time while the broker is unreachable reports this instead of a timeout.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Connector {
@@ -77,7 +80,26 @@ impl Connector {
             config,
             cursor: AtomicUsize::new(0),
             url_display: url.to_string(),
+            last_failure: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the latest connection attempt failed, if the latest one failed.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().expect("last failure poisoned").clone()
+    }
+
+    /// The error for an operation whose time ran out while the broker could not be reached
+    /// (`None` when the latest connection attempt worked: then it is a real timeout).
+    pub(crate) fn unreachable_within(&self, waited: Duration) -> Option<Error> {
+        self.last_failure().map(|last| Error::MessageDeliveryFailure {
+            message: format!(
+                "Unable to connect to AMQP server on {} within {:.1}s: {last}",
+                self.url_display,
+                waited.as_secs_f64()
+            ),
+            retryable: true,
+        })
     }
 
     pub(crate) fn config(&self) -> &Arc<RabbitConfig> {
@@ -135,10 +157,12 @@ impl Connector {
                 match self.connect_to(broker, budget).await {
                     Ok(connection) => {
                         self.cursor.store(index, Ordering::Relaxed);
+                        *self.last_failure.lock().expect("last failure poisoned") = None;
                         tracing::info!(broker = %broker, purpose, "connected to AMQP server");
                         return Ok(connection);
                     }
                     Err(ConnectFailure::Fatal(error)) => {
+                        *self.last_failure.lock().expect("last failure poisoned") = Some(error.to_string());
                         tracing::error!(broker = %broker, purpose, error = %error, "AMQP connection refused; not retrying");
                         return Err(error);
                     }
@@ -146,6 +170,7 @@ impl Connector {
                         self.cursor.store(index + 1, Ordering::Relaxed);
                         tracing::warn!(broker = %broker, purpose, error = %message, "AMQP server is unreachable");
                         last_error = format!("{broker}: {message}");
+                        *self.last_failure.lock().expect("last failure poisoned") = Some(last_error.clone());
                     }
                 }
             }
@@ -195,7 +220,7 @@ impl Connector {
         match tokio::time::timeout(budget, attempt).await {
             Err(_) => Err(ConnectFailure::Retryable(format!("timed out after {:.1}s", budget.as_secs_f64()))),
             Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(classify_connect_error(broker, &error)),
+            Ok(Err(error)) => Err(classify_connect_error(broker, self.config.ssl, &error)),
         }
     }
 
@@ -237,7 +262,24 @@ fn read_tls_files(config: &RabbitConfig) -> oslo_core::Result<OwnedTLSConfig> {
     Ok(tls)
 }
 
-fn classify_connect_error(broker: &BrokerAddress, error: &lapin::Error) -> ConnectFailure {
+/// What a failed handshake likely means when the two sides do not speak the same protocol:
+/// TLS sent to a plain port makes rustls see AMQP bytes ("corrupt message"); plain AMQP sent
+/// to a TLS port makes the server answer with a TLS alert (unparsable as AMQP) or hang up.
+fn protocol_mismatch_hint(ssl: bool, error: &lapin::Error) -> Option<&'static str> {
+    let text = error.to_string();
+    if ssl && (text.contains("corrupt message") || text.contains("InvalidContentType") || text.contains("InvalidMessage")) {
+        return Some("the broker does not speak TLS on this port: use its TLS port (5671 by default) or set ssl=false");
+    }
+    if !ssl && matches!(error.kind(), ErrorKind::ParsingError(_)) {
+        return Some("the server did not answer in AMQP 0-9-1: is this a TLS port (set ssl=true), or not a RabbitMQ AMQP 0-9-1 port?");
+    }
+    None
+}
+
+fn classify_connect_error(broker: &BrokerAddress, ssl: bool, error: &lapin::Error) -> ConnectFailure {
+    if let Some(hint) = protocol_mismatch_hint(ssl, error) {
+        return ConnectFailure::Retryable(format!("{error} ({hint})"));
+    }
     match amqp_code(error) {
         Some(codes::ACCESS_REFUSED) => ConnectFailure::Fatal(Error::transport(
             DRIVER_NAME,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use oslo_core::codec::{self, CallFields, JsonMap};
@@ -49,6 +50,8 @@ struct Inner {
     control_exchange: String,
     /// `TransportConfig::max_message_size`: larger deliveries are dropped before decoding.
     max_message_size: usize,
+    /// `TransportConfig::start_timeout`: how long a listener's start may wait for the broker.
+    start_timeout: Option<Duration>,
     config: Arc<RabbitConfig>,
     connector: Arc<Connector>,
     publisher: Arc<Publisher>,
@@ -103,6 +106,7 @@ impl RabbitDriver {
                 url: url.clone(),
                 control_exchange: transport_config.control_exchange.clone(),
                 max_message_size: transport_config.max_message_size,
+                start_timeout: transport_config.start_timeout,
                 config,
                 connector,
                 publisher,
@@ -146,6 +150,11 @@ impl RabbitDriver {
             .unwrap_or_else(|| self.inner.control_exchange.clone())
     }
 
+    /// When a listener's start gives up waiting for the broker.
+    fn start_deadline(&self) -> Option<Instant> {
+        self.inner.start_timeout.map(|t| Instant::now() + t)
+    }
+
     fn ensure_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::MessageDeliveryFailure {
@@ -156,8 +165,9 @@ impl RabbitDriver {
         Ok(())
     }
 
-    /// The reply queue, declared and consumed on first use (callers bound the wait).
-    async fn reply_queue(&self) -> Result<&ReplyQueue> {
+    /// The reply queue, declared and consumed on first use; connecting for it is retried as
+    /// the first caller's `retry` allows (callers bound the wait).
+    async fn reply_queue(&self, retry: Retry) -> Result<&ReplyQueue> {
         let inner = &self.inner;
         let queue = inner
             .reply_queue
@@ -179,7 +189,7 @@ impl RabbitDriver {
                     max_message_size: inner.max_message_size,
                 });
                 let subscription =
-                    Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, "reply").await?;
+                    Subscription::start(inner.connector.clone(), topology, Consumers::Forward(handler), None, retry, "reply").await?;
                 tracing::debug!(reply_queue = %name, "reply queue declared");
                 Ok::<_, Error>(ReplyQueue { name, subscription })
             })
@@ -190,13 +200,21 @@ impl RabbitDriver {
     async fn call(&self, target: &Target, topic: &str, context: &JsonMap, message: &JsonMap, options: &SendOptions) -> Result<Value> {
         let started = Instant::now();
         let deadline = options.timeout.map(|t| started + t);
-        let timed_out = |what: &str| Error::timeout(format!("Timed out {what} after {:?}.", options.timeout.unwrap_or_default()));
+        // Time that ran out while the broker could not be reached is a (retryable) connection
+        // failure: a timeout is a timeout only once the broker took the request.
+        let timed_out = |what: String| {
+            let waited = options.timeout.unwrap_or_default();
+            self.inner
+                .connector
+                .unreachable_within(waited)
+                .unwrap_or_else(|| Error::timeout(format!("Timed out {what} after {waited:?}.")))
+        };
         let reply_queue = match deadline {
-            // The deadline cancels the setup from outside, so it always ends as a timeout.
-            Some(deadline) => tokio::time::timeout_at(deadline, self.reply_queue())
+            // The deadline cancels the setup from outside.
+            Some(deadline) => tokio::time::timeout_at(deadline, self.reply_queue(options.retry))
                 .await
-                .map_err(|_| timed_out("declaring the reply queue"))??,
-            None => self.reply_queue().await?,
+                .map_err(|_| timed_out("declaring the reply queue".into()))??,
+            None => self.reply_queue(options.retry).await?,
         };
         let reply_q = reply_queue.name.clone();
         let msg_id = codec::new_id();
@@ -227,7 +245,7 @@ impl RabbitDriver {
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, published)
                 .await
-                .map_err(|_| Error::timeout(format!("Timed out waiting for a reply {reply_q} to message ID {msg_id}.")))??,
+                .map_err(|_| timed_out(format!("sending message ID {msg_id} (reply queue {reply_q})")))??,
             None => published.await?,
         }
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -372,8 +390,15 @@ impl Driver for RabbitDriver {
         let fanout_queue = topology::new_fanout_queue_name(topic);
         let topology = topology::rpc_server(&self.inner.config, &exchange, topic, server, &fanout_queue);
         let (feeds, feed) = RabbitListener::feed_channel();
-        let subscription =
-            Subscription::start(self.inner.connector.clone(), topology, Consumers::Feed(feeds), None, "rpc listener").await?;
+        let subscription = Subscription::start(
+            self.inner.connector.clone(),
+            topology,
+            Consumers::Feed(feeds),
+            self.start_deadline(),
+            Retry::Forever,
+            "rpc listener",
+        )
+        .await?;
         let kind = Kind::Rpc {
             replier: self.inner.replier.clone(),
         };
@@ -399,7 +424,8 @@ impl Driver for RabbitDriver {
             self.inner.connector.clone(),
             topology,
             Consumers::Feed(feeds),
-            None,
+            self.start_deadline(),
+            Retry::Forever,
             "notification listener",
         )
         .await?;

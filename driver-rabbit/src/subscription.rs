@@ -117,23 +117,26 @@ struct Session {
 
 impl Subscription {
     /// Connect, declare and start consuming before returning, so the queues exist once this
-    /// returns. Connection failures are retried until `deadline` (forever without one);
-    /// authentication failures and refused declarations are returned at once.
+    /// returns. Connection failures are retried as `retry` allows, until `deadline` (without
+    /// one, only `retry` bounds it); authentication failures and refused declarations are
+    /// returned at once. After the start, lost connections are always restored.
     pub(crate) async fn start(
         connector: Arc<Connector>,
         topology: Topology,
         consumers: Consumers,
         deadline: Option<Instant>,
+        retry: Retry,
         purpose: &'static str,
     ) -> Result<Subscription> {
         let topology = Arc::new(topology);
         let publish_channel = Arc::new(std::sync::Mutex::new(None));
         let session = loop {
-            match establish(&connector, &topology, &consumers, &publish_channel, deadline, purpose).await {
+            match establish(&connector, &topology, &consumers, &publish_channel, deadline, retry, purpose).await {
                 Ok(session) => break session,
                 Err(SetupError::Fatal(error)) => return Err(error),
                 Err(SetupError::Retryable(error)) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // A limited budget was spent by the connection attempts themselves.
+                    if deadline.is_some_and(|d| Instant::now() >= d) || matches!(retry, Retry::Limited(_)) {
                         return Err(error);
                     }
                     tracing::warn!(purpose, error = %error, "setting up the consumer failed; retrying");
@@ -269,7 +272,7 @@ async fn restore(
     tokio::time::sleep(connector.config().reconnect_delay()).await;
     let mut failures: u32 = 0;
     loop {
-        match establish(connector, topology, consumers, publish_channel, None, purpose).await {
+        match establish(connector, topology, consumers, publish_channel, None, Retry::Forever, purpose).await {
             Ok(session) => return session,
             Err(setup) => {
                 failures += 1;
@@ -432,15 +435,13 @@ async fn establish(
     consumers: &Consumers,
     publish_slot: &std::sync::Mutex<Option<PublishChannel>>,
     deadline: Option<Instant>,
+    retry: Retry,
     purpose: &'static str,
 ) -> std::result::Result<Session, SetupError> {
-    let connection = connector
-        .connect(Retry::Forever, deadline, purpose)
-        .await
-        .map_err(|error| match error {
-            Error::MessageDeliveryFailure { .. } => SetupError::Retryable(error),
-            other => SetupError::Fatal(other),
-        })?;
+    let connection = connector.connect(retry, deadline, purpose).await.map_err(|error| match error {
+        Error::MessageDeliveryFailure { .. } => SetupError::Retryable(error),
+        other => SetupError::Fatal(other),
+    })?;
     let events = Box::pin(connection.events_listener());
     let prefetch = connector.config().rabbit_qos_prefetch_count;
     let mut channel = open_channel(&connection, prefetch).await?;

@@ -118,11 +118,70 @@ async fn a_call_never_outlives_its_timeout_even_with_retry_forever() {
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
-    assert!(matches!(err, Error::MessagingTimeout { .. }), "{err}");
+    // The broker never took the request: a retryable connection failure, not a timeout.
+    assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
+    assert!(err.to_string().contains("within 2.0s"), "{err}");
+    assert!(!err.to_string().contains("guest:guest"), "{err}");
     assert!(
         elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(3000),
         "{elapsed:?}"
     );
+    transport.cleanup().await;
+}
+
+/// A call agrees with a cast: with `Retry::Limited(1)` a dead broker is a retryable delivery
+/// failure after two connection attempts, long before the call's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_dead_broker_fails_within_its_retry_budget() {
+    let transport = dead_transport(&[]);
+    let client = RpcClient::new(transport.clone(), Target::new("offline"))
+        .retry(Retry::Limited(1))
+        .timeout(Duration::from_secs(30));
+    let started = Instant::now();
+    let err = client.call(&JsonMap::new(), "m", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("after 2 tries"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    transport.cleanup().await;
+}
+
+/// Starting a server or a notification listener against a dead broker ends at
+/// `TransportConfig::start_timeout` with the connection error, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_server_against_a_dead_broker_is_bounded() {
+    let url = TransportUrl::parse(DEAD).unwrap();
+    let config = TransportConfig {
+        start_timeout: Some(Duration::from_secs(2)),
+        ..TransportConfig::default()
+    };
+    let driver = RabbitDriver::new(&url, &config).unwrap();
+    let transport = Transport::from_driver(Arc::new(driver), url, config);
+    let started = Instant::now();
+    let err = oslo_core::RpcServer::builder(transport.clone(), Target::new("offline").with_server("s1"))
+        .start()
+        .await
+        .err()
+        .expect("no server without a broker");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "names the broker: {err}");
+    assert!(!err.to_string().contains("guest:guest"), "{err}");
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    let started = Instant::now();
+    let endpoint =
+        oslo_core::NotificationEndpoint::new().on(oslo_core::Priority::Info, |_| async { oslo_core::NotificationResult::Handled });
+    let err = oslo_core::NotificationListener::builder(transport.clone(), vec![Target::new("offline")])
+        .endpoint(endpoint)
+        .start()
+        .await
+        .err()
+        .expect("no listener without a broker");
+    assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     transport.cleanup().await;
 }
 

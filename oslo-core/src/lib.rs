@@ -37,7 +37,10 @@ pub use remote::{HandlerError, RemoteError};
 pub use rpc::{AccessPolicy, Endpoint, RpcClient, RpcDispatcher, RpcServer, RpcServerBuilder, PING_METHOD};
 pub use serializer::{NoOpSerializer, Serializer};
 pub use target::{version_is_compatible, Target, TargetUse, Version};
-pub use transport::{get_transport, DriverFactory, DriverRegistry, Transport, TransportConfig, DEFAULT_MAX_MESSAGE_SIZE, KNOWN_DRIVERS};
+pub use transport::{
+    get_transport, DriverFactory, DriverRegistry, Transport, TransportConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_START_TIMEOUT,
+    KNOWN_DRIVERS,
+};
 pub use url::{Secret, TransportHost, TransportUrl};
 
 /// Build a [`JsonMap`] (an oslo context or argument dict) from a `serde_json::json!` object

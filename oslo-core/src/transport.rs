@@ -37,7 +37,16 @@ pub struct TransportConfig {
     /// [`DEFAULT_MAX_MESSAGE_SIZE`]. oslo has no such option; without one, a few large
     /// messages at once can take a server's memory.
     pub max_message_size: usize,
+    /// How long starting a server or a notification listener may wait for the broker before
+    /// it fails with a retryable connection error (`None`: as long as it takes, as oslo
+    /// waits). Default [`DEFAULT_START_TIMEOUT`].
+    pub start_timeout: Option<Duration>,
 }
+
+/// The default [`TransportConfig::start_timeout`]: 60 s. A service started while its broker is
+/// down then exits with the connection error (for its supervisor to restart it) instead of
+/// hanging without a word.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The default [`TransportConfig::max_message_size`]: 16 MiB, RabbitMQ 4.0's own default
 /// `max_message_size` (3.x allowed 128 MiB), far above what OpenStack services send.
@@ -50,6 +59,7 @@ impl Default for TransportConfig {
             rpc_response_timeout: Duration::from_secs(60),
             driver_options: BTreeMap::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            start_timeout: Some(DEFAULT_START_TIMEOUT),
         }
     }
 }
@@ -213,6 +223,23 @@ impl Transport {
     pub fn from_driver(driver: Arc<dyn Driver>, url: TransportUrl, config: TransportConfig) -> Self {
         Transport {
             inner: Arc::new(TransportInner { driver, url, config }),
+        }
+    }
+
+    /// Run a listener's start (`driver.listen...`), bounded by
+    /// [`TransportConfig::start_timeout`] for every driver: a driver that honours the timeout
+    /// itself returns its own connection error first; past a grace of 5 s more, a retryable
+    /// `MessageDeliveryFailure` ends the wait.
+    pub(crate) async fn start_listening<T>(&self, what: &str, start: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let Some(timeout) = self.inner.config.start_timeout else {
+            return start.await;
+        };
+        match tokio::time::timeout(timeout + Duration::from_secs(5), start).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::MessageDeliveryFailure {
+                message: format!("could not start {what} on {} within {timeout:?} (start_timeout)", self.inner.url),
+                retryable: true,
+            }),
         }
     }
 

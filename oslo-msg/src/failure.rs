@@ -92,17 +92,6 @@ impl Failure {
         Failure { exit, message, remote }
     }
 
-    /// A long-running command could not subscribe within `limit`.
-    pub fn not_started(doing: &str, limit: std::time::Duration) -> Self {
-        Failure::new(
-            Exit::Unreachable,
-            format!(
-                "{doing}: could not subscribe within {}s: is the broker reachable? (-v shows the connection attempts)",
-                limit.as_secs()
-            ),
-        )
-    }
-
     /// The exit status of this failure.
     pub fn exit(&self) -> Exit {
         self.exit

@@ -319,7 +319,7 @@ async fn run(command: Command, settings: &Settings, host: &str) -> Result<(), Fa
             target.server = args.server.clone();
             target.exchange = args.exchange.clone();
             let request = request(target, &args.send, settings)?;
-            let transport = connect(settings, only_url(args.url)?, None).await?;
+            let transport = connect(settings, only_url(args.url)?, None, START_LIMIT).await?;
             finish(&transport, rpc::ping(&transport, &request).await).await
         }
         Command::Notify(args) => {
@@ -339,7 +339,7 @@ async fn run(command: Command, settings: &Settings, host: &str) -> Result<(), Fa
                 timeout: timeout(&args.send, settings)?,
                 retry: Retry::from_oslo(args.send.retry),
             };
-            let transport = connect(settings, url, args.exchange.as_deref()).await?;
+            let transport = connect(settings, url, args.exchange.as_deref(), START_LIMIT).await?;
             finish(&transport, notify::notify(&transport, outgoing).await).await
         }
         Command::Listen(args) => {
@@ -354,11 +354,12 @@ async fn run(command: Command, settings: &Settings, host: &str) -> Result<(), Fa
                 timeout: args.timeout,
                 format: args.format,
             };
-            let transport = connect(settings, only_url(args.url)?, None).await?;
+            let start_limit = subscription.timeout.unwrap_or(START_LIMIT).min(START_LIMIT);
+            let transport = connect(settings, only_url(args.url)?, None, start_limit).await?;
             finish(&transport, notify::listen(&transport, subscription).await).await
         }
         Command::Serve(args) => {
-            let transport = connect(settings, only_url(args.url.clone())?, None).await?;
+            let transport = connect(settings, only_url(args.url.clone())?, None, START_LIMIT).await?;
             finish(&transport, serve_until_stopped(&transport, args, host).await).await
         }
         Command::Demo => demo::run().await,
@@ -375,7 +376,7 @@ async fn send_rpc(kind: rpc::Kind, args: RpcArgs, settings: &Settings) -> Result
     }
     let kwargs = parse_kwargs(&rest).map_err(Failure::usage)?;
     let request = request(args.target.target(), &args.send, settings)?;
-    let transport = connect(settings, url, None).await?;
+    let transport = connect(settings, url, None, START_LIMIT).await?;
     finish(&transport, rpc::send(&transport, kind, &request, &method, kwargs).await).await
 }
 
@@ -417,36 +418,17 @@ fn only_url(url: Option<String>) -> Result<Option<String>, Failure> {
     }
 }
 
-/// Build the transport for the URL argument / config file / environment, and check that a
-/// RabbitMQ broker answers at all, so that a wrong host fails at once with a clear message.
-async fn connect(settings: &Settings, url: Option<String>, exchange: Option<&str>) -> Result<Transport, Failure> {
+/// Build the transport for the URL argument / config file / environment. Nothing connects
+/// yet: an unreachable broker is the library's typed error, within the command's `--retry`
+/// budget (sends) or `start_limit` (servers and listeners), for every driver.
+async fn connect(settings: &Settings, url: Option<String>, exchange: Option<&str>, start_limit: Duration) -> Result<Transport, Failure> {
     let url = settings.url(url)?;
     let mut config = settings.transport_config(&url)?;
     if let Some(exchange) = exchange {
         config.control_exchange = exchange.to_string();
     }
-    let transport = oslo_messaging::get_transport_with_config(&url, config).map_err(Failure::from_error)?;
-    if transport.driver().name() == oslo_messaging::driver_rabbit::DRIVER_NAME {
-        check_reachable(&oslo_messaging::driver_rabbit::BrokerAddress::from_url(transport.url())).await?;
-    }
-    Ok(transport)
-}
-
-/// Succeeds when one of `brokers` accepts a TCP connection.
-async fn check_reachable(brokers: &[oslo_messaging::driver_rabbit::BrokerAddress]) -> Result<(), Failure> {
-    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-    let mut problems = Vec::new();
-    for broker in brokers {
-        match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((broker.host.as_str(), broker.port))).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => problems.push(format!("{broker}: {e}")),
-            Err(_) => problems.push(format!("{broker}: no answer within {}s", PROBE_TIMEOUT.as_secs())),
-        }
-    }
-    Err(Failure::new(
-        Exit::Unreachable,
-        format!("cannot reach the broker: {}", problems.join("; ")),
-    ))
+    config.start_timeout = Some(start_limit);
+    oslo_messaging::get_transport_with_config(&url, config).map_err(Failure::from_error)
 }
 
 /// Release the transport (its reply queue, connections) and pass `outcome` on.

@@ -151,11 +151,8 @@ pub async fn listen(transport: &Transport, subscription: Subscription) -> Result
     if let Some(pool) = &subscription.pool {
         builder = builder.pool(pool.clone());
     }
-    let limit = subscription.timeout.unwrap_or(crate::START_LIMIT).min(crate::START_LIMIT);
-    let listener = tokio::time::timeout(limit, builder.start())
-        .await
-        .map_err(|_| Failure::not_started("listen", limit))?
-        .map_err(|e| Failure::messaging("listen", e))?;
+    // The transport's start_timeout bounds the start, with the broker's error.
+    let listener = builder.start().await.map_err(|e| Failure::messaging("listen", e))?;
     crate::logging::started();
     eprintln!(
         "listening on {} for {} (Ctrl-C to stop)",

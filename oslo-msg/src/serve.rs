@@ -101,10 +101,8 @@ pub async fn start(
         .endpoint(demo_endpoint(&server_name, namespace, version, hook))
         .ping_enabled(true)
         .start();
-    tokio::time::timeout(crate::START_LIMIT, starting)
-        .await
-        .map_err(|_| Failure::not_started("serve", crate::START_LIMIT))?
-        .map_err(|e| Failure::messaging("serve", e))
+    // The transport's start_timeout (START_LIMIT) bounds the start with the broker's error.
+    starting.await.map_err(|e| Failure::messaging("serve", e))
 }
 
 #[cfg(test)]

@@ -238,10 +238,13 @@ impl NotificationListenerBuilder {
             .iter()
             .flat_map(|t| priorities.iter().map(move |p| (t.clone(), p.as_lower().to_string())))
             .collect();
+        let driver = self.transport.driver();
         let listener = self
             .transport
-            .driver()
-            .listen_for_notifications(&subscriptions, self.pool.as_deref())
+            .start_listening(
+                "a notification listener",
+                driver.listen_for_notifications(&subscriptions, self.pool.as_deref()),
+            )
             .await?;
         let dispatcher = Arc::new(Dispatcher {
             endpoints: self.endpoints,

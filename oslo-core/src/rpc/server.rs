@@ -71,7 +71,10 @@ impl RpcServerBuilder {
         }
         let dispatcher = Arc::new(RpcDispatcher::new(endpoints, self.access_policy, self.serializer));
         let recent = Arc::new(Mutex::new(DuplicateFilter::default()));
-        let listener = self.transport.driver().listen(&self.target).await?;
+        let listener = self
+            .transport
+            .start_listening("an RPC server", self.transport.driver().listen(&self.target))
+            .await?;
         let span = tracing::info_span!(
             "rpc.server",
             topic = self.target.topic.as_deref(),
