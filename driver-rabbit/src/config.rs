@@ -238,7 +238,33 @@ pub const OPTION_NAMES: &[&str] = &[
     "ssl_enforce_hostname_verification",
 ];
 
+/// The `basic.qos` prefetch of a listener when `rabbit_qos_prefetch_count` is 0: twice oslo's
+/// default `executor_thread_pool_size` (64), so a server always has a full pool's worth of
+/// requests at hand and no more.
+pub const DEFAULT_LISTENER_PREFETCH: u16 = 128;
+
 impl RabbitConfig {
+    /// The prefetch RPC servers and notification listeners consume with:
+    /// `rabbit_qos_prefetch_count`, or [`DEFAULT_LISTENER_PREFETCH`] when that is 0.
+    ///
+    /// A deviation from oslo on purpose: with oslo's unlimited prefetch (0) the broker pushes
+    /// a queue's whole backlog into one consumer's memory (100k queued casts of 1.1 KiB took a
+    /// slow server from 16 to 193 MB), where a bounded prefetch leaves it on the broker, for
+    /// the other servers of the topic to share. Nothing changes on the wire for Python peers.
+    ///
+    /// ```
+    /// use driver_rabbit::{RabbitConfig, DEFAULT_LISTENER_PREFETCH};
+    /// assert_eq!(RabbitConfig::default().listener_prefetch(), DEFAULT_LISTENER_PREFETCH);
+    /// let set = RabbitConfig { rabbit_qos_prefetch_count: 10, ..RabbitConfig::default() };
+    /// assert_eq!(set.listener_prefetch(), 10);
+    /// ```
+    pub fn listener_prefetch(&self) -> u16 {
+        match self.rabbit_qos_prefetch_count {
+            0 => DEFAULT_LISTENER_PREFETCH,
+            count => count,
+        }
+    }
+
     /// Parse options given as strings by oslo name (`[oslo_messaging_rabbit]` values merged
     /// with the transport URL query).
     ///

@@ -53,8 +53,10 @@
 //!   `blocked`, and whenever that channel cannot be used or a publish there is not confirmed,
 //!   messages go through the send connection instead (a request resent that way keeps its
 //!   `_unique_id`, so it is handled once).
-//! * `rabbit_qos_prefetch_count` (0 = unlimited, oslo's default) bounds what a listener holds
-//!   unacknowledged; set it to bound memory when servers fall behind.
+//! * `rabbit_qos_prefetch_count` bounds what a listener holds unacknowledged. oslo's default 0
+//!   (unlimited) becomes [`DEFAULT_LISTENER_PREFETCH`] (128) for listeners, so that a server
+//!   that falls behind leaves the backlog on the broker instead of in its memory (see
+//!   [`RabbitConfig::listener_prefetch`]).
 //!
 //! # Tests
 //!
@@ -88,7 +90,7 @@ mod subscription;
 mod topology;
 mod util;
 
-pub use config::{FailoverStrategy, LoginMethod, RabbitConfig, GROUP, OPTION_NAMES};
+pub use config::{FailoverStrategy, LoginMethod, RabbitConfig, DEFAULT_LISTENER_PREFETCH, GROUP, OPTION_NAMES};
 pub use driver::RabbitDriver;
 pub use hosts::{BrokerAddress, DEFAULT_PORT};
 

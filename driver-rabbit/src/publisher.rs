@@ -53,6 +53,11 @@ pub(crate) const MAX_LEASED_CHANNELS: usize = 128;
 /// (RabbitMQ: 2047) leaves room for the channels in use.
 const RETIRE_AFTER_CLOSED_CHANNELS: usize = 1000;
 
+/// Most publishes of one send connection's shared channels waiting for their confirm at once:
+/// a sender past it waits (each cast returns after its confirm, so this bounds what many
+/// concurrent senders keep in flight, in lapin's buffers and on the broker).
+pub(crate) const MAX_UNCONFIRMED: usize = 1024;
+
 /// How long a retired send connection stays open for the publishes still waiting on it.
 const RETIRED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
 
@@ -359,6 +364,9 @@ struct SendConnection {
     queues: Mutex<HashSet<(String, String)>>,
     /// Channels of this connection the broker closed (see [`RETIRE_AFTER_CLOSED_CHANNELS`]).
     closed_channels: AtomicUsize,
+    /// Publishes on the shared channels waiting for their confirm, at most
+    /// [`MAX_UNCONFIRMED`] (leased channels are bounded by their own pool).
+    unconfirmed: Semaphore,
 }
 
 /// A pooled channel used by one mandatory publish (or a declaration) at a time.
@@ -398,6 +406,7 @@ impl SendConnection {
             exchanges: Mutex::new(HashSet::new()),
             queues: Mutex::new(HashSet::new()),
             closed_channels: AtomicUsize::new(0),
+            unconfirmed: Semaphore::new(MAX_UNCONFIRMED),
         }
     }
 
@@ -509,6 +518,8 @@ impl SendConnection {
                 MAIN
             };
             let channel = self.shared_channel(which).await?;
+            // Backpressure, not an error: past the bound a publish waits for a confirm.
+            let _in_flight = self.unconfirmed.acquire().await.expect("semaphore never closed");
             publish_on(&channel, out, properties, returns, |e| self.classify(e)).await
         };
         match outcome {

@@ -443,7 +443,12 @@ async fn establish(
         other => SetupError::Fatal(other),
     })?;
     let events = Box::pin(connection.events_listener());
-    let prefetch = connector.config().rabbit_qos_prefetch_count;
+    let prefetch = match consumers {
+        // Listeners hold at most a bounded number of unacknowledged deliveries (see
+        // `RabbitConfig::listener_prefetch`); reply queues are bounded by the calls in flight.
+        Consumers::Feed(_) => connector.config().listener_prefetch(),
+        Consumers::Forward(_) => connector.config().rabbit_qos_prefetch_count,
+    };
     let mut channel = open_channel(&connection, prefetch).await?;
 
     for exchange in &topology.exchanges {
