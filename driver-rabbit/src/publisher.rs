@@ -56,7 +56,7 @@ const RETIRE_AFTER_CLOSED_CHANNELS: usize = 1000;
 /// Most publishes of one send connection's shared channels waiting for their confirm at once:
 /// a sender past it waits (each cast returns after its confirm, so this bounds what many
 /// concurrent senders keep in flight, in lapin's buffers and on the broker).
-pub(crate) const MAX_UNCONFIRMED: usize = 1024;
+pub const MAX_UNCONFIRMED: usize = 1024;
 
 /// How long a retired send connection stays open for the publishes still waiting on it.
 const RETIRED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
