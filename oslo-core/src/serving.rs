@@ -81,7 +81,9 @@ async fn serve(
     // back below means every message taken has been handled.
     let slots = Arc::new(Semaphore::new(pool_size));
     loop {
-        // Take a message only when a slot is free: back-pressure stays with the broker.
+        // Take a message only when a slot is free: what the driver has not handed over stays
+        // with it, bounded by its own flow control (rabbit: the listener prefetch; amqp1: link
+        // credit; zmq: the high-water mark; fake: the queue bound).
         let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
