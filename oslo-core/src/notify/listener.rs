@@ -280,6 +280,7 @@ impl NotificationListenerBuilder {
 
 /// A running notification listener (oslo `get_notification_listener(...).start()`).
 #[derive(Debug)]
+#[must_use = "dropping a NotificationListener stops it: keep it, and call shutdown() to stop it cleanly"]
 pub struct NotificationListener {
     handle: ServerHandle,
 }

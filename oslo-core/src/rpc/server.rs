@@ -123,6 +123,7 @@ impl RpcServerBuilder {
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
+#[must_use = "dropping an RpcServer stops it: keep it, and call shutdown() to stop it cleanly"]
 pub struct RpcServer {
     target: Target,
     handle: ServerHandle,
