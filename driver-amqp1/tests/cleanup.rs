@@ -12,6 +12,7 @@ mod common;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn cleanup_leaves_no_private_queues_bindings_or_amq_gen() {
     let url = require_broker!();
     let topic = unique("amqp1-cleanup");

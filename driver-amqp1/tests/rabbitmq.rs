@@ -71,6 +71,7 @@ fn host_port(url: &str) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn reconnects_and_reattaches_after_connection_loss() {
     let url = require_broker!();
     let (userinfo, upstream) = host_port(&url);
@@ -133,6 +134,7 @@ async fn reconnects_and_reattaches_after_connection_loss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn fails_over_to_a_live_host() {
     let url = require_broker!();
     let (userinfo, upstream) = host_port(&url);
@@ -152,6 +154,7 @@ async fn fails_over_to_a_live_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn sequential_calls_are_not_delayed_by_nagle() {
     let url = require_broker!();
     let topic = unique("amqp1-nodelay");
@@ -179,6 +182,7 @@ async fn sequential_calls_are_not_delayed_by_nagle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn wrong_password_fails_fast_with_a_typed_error() {
     let url = require_broker!();
     let (userinfo, upstream) = host_port(&url);
@@ -198,6 +202,7 @@ async fn wrong_password_fails_fast_with_a_typed_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn malformed_message_is_dropped_and_server_keeps_serving() {
     use fe2o3_amqp::types::messaging::{Body, Message};
     use fe2o3_amqp::types::primitives::Value as AmqpValue;
@@ -248,6 +253,7 @@ async fn malformed_message_is_dropped_and_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn options_come_from_the_url_and_bad_ones_are_rejected() {
     let url = require_broker!();
     let registry = DriverRegistry::new();
@@ -284,6 +290,7 @@ async fn options_come_from_the_url_and_bad_ones_are_rejected() {
 /// automatic credit stalled each window for a second against RabbitMQ 3.10: 300 casts with a
 /// window of 4 took over a minute; refilled by hand they take well under a second.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_amqp1), ignore = "OSLO_TEST_AMQP1_URL is not set")]
 async fn a_backlog_beyond_the_credit_window_drains_without_stalls() {
     let url = require_broker!();
     let transport = transport(&with_query(&url, "rpc_server_credit=4"));

@@ -28,7 +28,7 @@ fn rss_kib() -> u64 {
 const QUEUED: usize = 100_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn a_slow_server_with_100k_queued_casts_keeps_a_steady_rss() {
     let url = require_broker!();
     let topic = common::unique("backlog");

@@ -162,7 +162,7 @@ fn malformed_bodies() -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
 /// handler never runs, the server keeps serving); one just under the limit is handled. A reply
 /// over the client's limit is dropped too, and the call times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn messages_over_max_message_size_are_dropped_before_decoding() {
     let Some(url) = broker() else { return };
     let topic = common::unique("bad-input-size");
@@ -236,7 +236,7 @@ async fn messages_over_max_message_size_are_dropped_before_decoding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
     let Some(url) = broker() else { return };
     let topic = common::unique("bad-input-rpc");
@@ -369,7 +369,7 @@ async fn rpc_server_drops_malformed_requests_and_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn notification_listener_drops_malformed_notifications_and_keeps_listening() {
     let Some(url) = broker() else { return };
     let topic = common::unique("bad-input-notify");
@@ -526,7 +526,7 @@ fn assert_no_secret(err: &Error, secret: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn bad_credentials_fail_at_once_typed_and_without_the_password() {
     let Some(url) = broker() else { return };
     let (broker, user, _) = broker_address(&url);
@@ -568,7 +568,7 @@ async fn bad_credentials_fail_at_once_typed_and_without_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn unknown_virtual_host_fails_at_once_typed() {
     let Some(url) = broker() else { return };
     let (broker, user, password) = broker_address(&url);

@@ -10,7 +10,7 @@ use oslo_core::{Retry, RpcClient, Target};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn passwords_never_appear_in_logs() {
     // Not `require_broker!`: that installs its own global subscriber.
     let Some(url) = common::broker_url_or_skip() else { return };

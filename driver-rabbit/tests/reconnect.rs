@@ -41,7 +41,7 @@ async fn consumers_restored(queues: &[String]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn calls_work_again_after_connections_are_closed() {
     let url = require_broker!();
     if common::rabbitmqctl(&["status", "-q"]).is_none() {
@@ -110,7 +110,7 @@ async fn calls_work_again_after_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn calls_in_flight_during_a_connection_loss_end_within_their_timeout() {
     let url = require_broker!();
     if common::rabbitmqctl(&["status", "-q"]).is_none() {
@@ -190,7 +190,7 @@ async fn calls_in_flight_during_a_connection_loss_end_within_their_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn fails_over_past_a_dead_host() {
     let url = require_broker!();
     let parsed = TransportUrl::parse(&url).unwrap();
@@ -229,7 +229,7 @@ async fn fails_over_past_a_dead_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn deleted_queues_are_declared_again() {
     // A consumer cancelled by the broker (its queue was deleted) counts as a connection
     // problem: the driver reconnects and declares the same queues again.

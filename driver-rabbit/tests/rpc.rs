@@ -50,7 +50,7 @@ async fn recorded(log: &Log, expected: usize) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn call_cast_fanout_round_trip() {
     let url = require_broker!();
     let topic = common::unique("rt-rpc");
@@ -130,7 +130,7 @@ async fn call_cast_fanout_round_trip() {
 /// per message instead of two). The client's send connection only carries the first call, which
 /// declares the exchange, and the server never needs one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn calls_and_replies_travel_on_the_consuming_connections() {
     let url = require_broker!();
     if common::rabbitmqctl(&["status", "-q"]).is_none() {
@@ -178,7 +178,7 @@ async fn calls_and_replies_travel_on_the_consuming_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn call_without_server_fails_fast_with_undeliverable() {
     let url = require_broker!();
     let topic = common::unique("rt-nobody");
@@ -218,7 +218,7 @@ async fn call_without_server_fails_fast_with_undeliverable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn malformed_messages_are_dropped_and_duplicates_ignored() {
     let url = require_broker!();
     let topic = common::unique("rt-bad");
@@ -333,7 +333,7 @@ async fn malformed_messages_are_dropped_and_duplicates_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn notifications_are_kept_until_a_listener_comes() {
     let url = require_broker!();
     let topic = common::unique("rt-notif");
@@ -417,7 +417,7 @@ async fn notifications_are_kept_until_a_listener_comes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn wrong_password_fails_fast_without_leaking_it() {
     let url = require_broker!();
     let parsed = oslo_core::TransportUrl::parse(&url).unwrap();
@@ -460,7 +460,7 @@ async fn wrong_password_fails_fast_without_leaking_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn returns_are_attributed_under_concurrency() {
     // Many calls in flight on one channel, half of them to a topic nobody listens on: the
     // broker acks several publishes at once, and lapin may hand a returned message to another
@@ -509,7 +509,7 @@ async fn returns_are_attributed_under_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn replies_to_missing_queues_are_retried_then_dropped() {
     // A caller whose reply queue is gone: the server retries for
     // kombu_missing_consumer_retry_timeout, then drops the reply; other callers are unaffected,
@@ -580,7 +580,7 @@ async fn replies_to_missing_queues_are_retried_then_dropped() {
 /// auto-delete) the next cast gets a 404, redeclares it and goes through, without a retry
 /// being counted (so even `Retry::Limited(0)` succeeds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn fanout_exchange_deleted_under_the_publisher_is_redeclared() {
     let url = require_broker!();
     let (transport, _driver) = common::transport(&url, &[]);

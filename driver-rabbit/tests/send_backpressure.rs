@@ -116,7 +116,7 @@ impl FrameCounter {
 /// publishing at its bound of unconfirmed messages and the senders wait (no error); once the
 /// confirms flow again, every cast completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn senders_wait_once_the_unconfirmed_bound_is_reached() {
     let url = require_broker!();
     let parsed = oslo_core::TransportUrl::parse(&url).unwrap();

@@ -21,7 +21,7 @@ async fn cast_error(url: &str) -> (Error, Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn tls_to_a_plain_port_names_the_likely_cause() {
     let url = require_broker!();
     let (err, elapsed) = cast_error(&common::with_query(&url, &[("ssl", "true")])).await;

@@ -18,7 +18,7 @@ use serde_json::json;
 /// times than a connection has channels: every cast fails at once with the refusal, and the
 /// transport keeps working for healthy targets afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn refused_declarations_do_not_use_up_the_connections_channels() {
     let Some(url) = common::broker_url_or_skip() else { return };
     common::captured_logs();
@@ -104,7 +104,7 @@ const ORPHANS: usize = 512;
 /// replies' confirms carry, and then abandoned. A queue created within the window gets its
 /// reply; queues created after it get nothing (the server stopped trying).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn replies_to_many_missing_queues_keep_one_deadline_each() {
     let Some(url) = common::broker_url_or_skip() else { return };
     common::captured_logs();
@@ -212,7 +212,7 @@ async fn replies_to_many_missing_queues_keep_one_deadline_each() {
 /// A raw connection plays the other servers: it binds a queue of its own to the exchange and
 /// deletes it again in a loop, so the exchange keeps disappearing during the starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn servers_start_while_others_of_their_topic_stop() {
     let Some(url) = common::broker_url_or_skip() else { return };
     common::captured_logs();

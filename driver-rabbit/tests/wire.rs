@@ -115,7 +115,7 @@ async fn publish_raw(channel: &Channel, exchange: &str, routing_key: &str, body:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn client_messages_match_the_capture_and_python_replies_are_understood() {
     let url = require_broker!();
     let topic = common::unique("rt-wire");
@@ -266,7 +266,7 @@ async fn client_messages_match_the_capture_and_python_replies_are_understood() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn server_answers_python_requests_with_python_replies() {
     let url = require_broker!();
     let topic = common::unique("rt-wsrv");
@@ -397,7 +397,7 @@ async fn redeclare_exchange(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn topology_matches_the_capture() {
     let url = require_broker!();
     let topic = common::unique("rt-topo");
@@ -521,7 +521,7 @@ async fn topology_matches_the_capture() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(rabbit_broker), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn quorum_and_durable_options_change_the_declarations() {
     let url = require_broker!();
     let topic = common::unique("rt-quorum");

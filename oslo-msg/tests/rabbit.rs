@@ -73,6 +73,7 @@ fn spawn_until_ready(serve_args: &[&str]) -> Running {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn serve_answers_call_cast_fanout_and_ping() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-rpc") else {
         return;
@@ -151,6 +152,7 @@ fn serve_answers_call_cast_fanout_and_ping() {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn fanout_reaches_every_server() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-fan") else {
         return;
@@ -165,6 +167,7 @@ fn fanout_reaches_every_server() {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn remote_errors_timeouts_and_missing_servers_have_their_exit_status() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-err") else {
         return;
@@ -220,6 +223,7 @@ fn remote_errors_timeouts_and_missing_servers_have_their_exit_status() {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn notify_then_listen_receives_it_and_hands_back_the_rest() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-notif") else {
         return;
@@ -282,6 +286,7 @@ fn notify_then_listen_receives_it_and_hands_back_the_rest() {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn listen_filters_and_prints_readable_lines() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-filter") else {
         return;
@@ -313,6 +318,7 @@ fn with_credentials(url: &str, user: &str, password: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn authentication_failure_is_clear_and_keeps_the_password() {
     let Some(url) = rabbit_url() else { return };
     let bad = with_credentials(&url, "oslo-msg-no-such-user", "wrong-pass-31337");
@@ -334,6 +340,7 @@ fn authentication_failure_is_clear_and_keeps_the_password() {
 }
 
 #[test]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 fn config_file_sets_url_and_control_exchange() {
     let Some((url, topic, _queues)) = rabbit_topic("oslo-msg-conf") else {
         return;

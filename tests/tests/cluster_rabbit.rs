@@ -259,6 +259,7 @@ fn spawn_callers(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit_cluster), ignore = "OSLO_TEST_RABBIT_CLUSTER_URL is not set")]
 async fn a_broker_restart_is_survived_without_restarting_client_or_server() {
     let Some((url, nodes)) = setup() else { return };
     let _serial = SERIAL.lock().await;
@@ -331,6 +332,7 @@ async fn a_broker_restart_is_survived_without_restarting_client_or_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit_cluster), ignore = "OSLO_TEST_RABBIT_CLUSTER_URL is not set")]
 async fn quorum_queues_lose_no_confirmed_cast_and_no_reply_when_the_connected_node_stops() {
     let Some((url, nodes)) = setup() else { return };
     let _serial = SERIAL.lock().await;

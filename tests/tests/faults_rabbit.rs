@@ -116,6 +116,7 @@ async fn raw_connection(url: &str) -> Connection {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn confirmed_casts_are_never_lost_across_connection_breaks() {
     let Some(url) = setup().await else { return };
     // No prefetch limit (oslo's default): the broker pushes all it can, so a break leaves
@@ -126,6 +127,7 @@ async fn confirmed_casts_are_never_lost_across_connection_breaks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn with_a_bounded_prefetch_no_redelivered_cast_is_handled_twice() {
     let Some(url) = setup().await else { return };
     // At most 8 unacknowledged requests: every redelivery after a break is within the
@@ -250,6 +252,7 @@ async fn casts_across_connection_breaks(url: &str, prefetch: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn a_server_restores_its_queues_bindings_and_consumers_by_itself() {
     let Some(url) = setup().await else { return };
     let topic = unique_name("flt-restore");
@@ -385,6 +388,7 @@ async fn publish_raw(connection: &Connection, routing_key: &str, body: &[u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn a_redelivered_duplicate_after_a_reconnect_is_dropped_by_unique_id() {
     let Some(url) = setup().await else { return };
     let topic = unique_name("flt-dup");
@@ -449,6 +453,7 @@ async fn a_redelivered_duplicate_after_a_reconnect_is_dropped_by_unique_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn a_multi_host_url_with_a_dead_first_host_keeps_working_across_reconnects() {
     let Some(url) = setup().await else { return };
     let parsed = TransportUrl::parse(&url).unwrap();
@@ -486,6 +491,7 @@ async fn a_multi_host_url_with_a_dead_first_host_keeps_working_across_reconnects
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn a_server_keeps_consuming_when_its_exchange_exists_with_another_durability() {
     // oslo redeclares a durable exchange that exists non-durable as non-durable ("Force
     // creating a non durable exchange"), on a new channel: the broker closed the first one.

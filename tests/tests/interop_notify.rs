@@ -135,6 +135,7 @@ async fn rust_listener(transport: &Transport, topic: &str, pool: Option<&str>, i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn python_notifier_to_rust_listener_keeps_every_field() {
     let Some((url, py)) = setup() else { return };
     let transport = get_transport(&url).unwrap();
@@ -195,6 +196,7 @@ async fn python_notifier_to_rust_listener_keeps_every_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_notifier_to_python_listener_keeps_every_field() {
     let Some((url, py)) = setup() else { return };
     let transport = get_transport(&url).unwrap();
@@ -232,6 +234,7 @@ async fn rust_notifier_to_python_listener_keeps_every_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn pools_behave_the_same_on_both_sides() {
     let Some((url, py)) = setup() else { return };
     let transport = get_transport(&url).unwrap();

@@ -552,6 +552,7 @@ fn request_context() -> Value {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn python_to_python_baseline() {
     let env = interop_or_skip!();
     let topic = unique_topic("baseline");
@@ -599,6 +600,7 @@ async fn python_to_python_baseline() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_to_rust_server_json_types() {
     let env = interop_or_skip!();
     let topic = unique_topic("types-py2rs");
@@ -638,6 +640,7 @@ async fn py_client_to_rust_server_json_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_to_py_server_json_types() {
     let env = interop_or_skip!();
     let topic = unique_topic("types-rs2py");
@@ -672,6 +675,7 @@ async fn rust_client_to_py_server_json_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_cast_to_rust_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("cast-py2rs");
@@ -706,6 +710,7 @@ async fn py_client_cast_to_rust_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_cast_to_py_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("cast-rs2py");
@@ -782,6 +787,7 @@ async fn assert_fanout_delivered(env: &Interop, topic: &str, rust: &RustServer, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn fanout_reaches_python_and_rust_servers_once() {
     let env = interop_or_skip!();
     let topic = unique_topic("fanout");
@@ -836,6 +842,7 @@ async fn fanout_reaches_python_and_rust_servers_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn shared_topic_and_server_targeting() {
     let env = interop_or_skip!();
     let topic = unique_topic("shared");
@@ -905,6 +912,7 @@ async fn shared_topic_and_server_targeting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_times_out_on_slow_py_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("timeout-rs2py");
@@ -940,6 +948,7 @@ async fn rust_client_times_out_on_slow_py_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_times_out_on_slow_rust_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("timeout-py2rs");
@@ -967,6 +976,7 @@ async fn py_client_times_out_on_slow_rust_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_call_monitor_with_py_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("monitor-rs2py");
@@ -1030,6 +1040,7 @@ async fn rust_client_call_monitor_with_py_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_call_monitor_with_rust_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("monitor-py2rs");
@@ -1067,6 +1078,7 @@ async fn py_client_call_monitor_with_rust_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_exceptions_reach_rust_client() {
     let env = interop_or_skip!();
     let topic = unique_topic("exc-py2rs");
@@ -1114,6 +1126,7 @@ async fn py_exceptions_reach_rust_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_exceptions_reach_py_client() {
     let env = interop_or_skip!();
     let topic = unique_topic("exc-rs2py");
@@ -1156,6 +1169,7 @@ async fn rust_exceptions_reach_py_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_dispatch_against_py_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("dispatch-rs2py");
@@ -1249,6 +1263,7 @@ async fn rust_client_dispatch_against_py_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_dispatch_against_rust_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("dispatch-py2rs");
@@ -1311,6 +1326,7 @@ async fn py_client_dispatch_against_rust_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn py_client_context_reaches_rust_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("ctxt-py2rs");
@@ -1338,6 +1354,7 @@ async fn py_client_context_reaches_rust_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_context_reaches_py_server() {
     let env = interop_or_skip!();
     let topic = unique_topic("ctxt-rs2py");
@@ -1592,6 +1609,7 @@ fn compare_published(what: &str, python: &[Value], py_topic: &str, rust: &[Value
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_client_requests_match_python_client_on_the_wire() {
     let env = interop_or_skip!();
     let binds = |topic: &str| {
@@ -1660,6 +1678,7 @@ async fn rust_client_requests_match_python_client_on_the_wire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn rust_server_replies_match_python_server_on_the_wire() {
     let env = interop_or_skip!();
     let py_topic = unique_topic("wire-py-server");
@@ -1768,6 +1787,7 @@ async fn rust_server_replies_match_python_server_on_the_wire() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn custom_exchange_both_directions() {
     let env = interop_or_skip!();
     let topic = unique_topic("exchange");

@@ -75,6 +75,7 @@ fn soak_duration() -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
 async fn soak_calls_casts_and_fanouts_lose_nothing_and_keep_memory_flat() {
     let Some(url) = broker_url("rabbit", "OSLO_TEST_RABBIT_URL") else {
         return;
