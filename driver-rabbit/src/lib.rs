@@ -93,7 +93,7 @@ mod util;
 pub use config::{FailoverStrategy, LoginMethod, RabbitConfig, DEFAULT_LISTENER_PREFETCH, GROUP, OPTION_NAMES};
 pub use driver::RabbitDriver;
 pub use hosts::{BrokerAddress, DEFAULT_PORT};
-pub use publisher::MAX_UNCONFIRMED;
+pub use publisher::{MAX_UNCONFIRMED, MAX_UNCONFIRMED_BYTES};
 
 /// The transport URL schemes this driver serves (`kombu` is oslo's historical alias).
 pub const SCHEMES: &[&str] = &["rabbit", "kombu"];

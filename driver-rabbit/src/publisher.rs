@@ -58,6 +58,10 @@ const RETIRE_AFTER_CLOSED_CHANNELS: usize = 1000;
 /// concurrent senders keep in flight, in lapin's buffers and on the broker).
 pub const MAX_UNCONFIRMED: usize = 1024;
 
+/// Most body bytes of one send connection's shared channels waiting for their confirms (a
+/// larger message still goes, alone): 1024 casts of 64 KiB would otherwise hold 64 MiB.
+pub const MAX_UNCONFIRMED_BYTES: usize = 4 * 1024 * 1024;
+
 /// How long a retired send connection stays open for the publishes still waiting on it.
 const RETIRED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
 
@@ -367,6 +371,8 @@ struct SendConnection {
     /// Publishes on the shared channels waiting for their confirm, at most
     /// [`MAX_UNCONFIRMED`] (leased channels are bounded by their own pool).
     unconfirmed: Semaphore,
+    /// Their bodies' bytes, at most [`MAX_UNCONFIRMED_BYTES`].
+    unconfirmed_bytes: Semaphore,
 }
 
 /// A pooled channel used by one mandatory publish (or a declaration) at a time.
@@ -407,6 +413,7 @@ impl SendConnection {
             queues: Mutex::new(HashSet::new()),
             closed_channels: AtomicUsize::new(0),
             unconfirmed: Semaphore::new(MAX_UNCONFIRMED),
+            unconfirmed_bytes: Semaphore::new(MAX_UNCONFIRMED_BYTES),
         }
     }
 
@@ -518,8 +525,10 @@ impl SendConnection {
                 MAIN
             };
             let channel = self.shared_channel(which).await?;
-            // Backpressure, not an error: past the bound a publish waits for a confirm.
+            // Backpressure, not an error: past either bound a publish waits for confirms.
             let _in_flight = self.unconfirmed.acquire().await.expect("semaphore never closed");
+            let bytes = u32::try_from(out.body.len().clamp(1, MAX_UNCONFIRMED_BYTES)).unwrap_or(u32::MAX);
+            let _bytes_in_flight = self.unconfirmed_bytes.acquire_many(bytes).await.expect("semaphore never closed");
             publish_on(&channel, out, properties, returns, |e| self.classify(e)).await
         };
         match outcome {
