@@ -1,23 +1,98 @@
 //! The client side: one DEALER socket per server address, connected on first use and cached
 //! (oslo's "static" direct connections), with a task per socket that routes replies and
-//! heartbeats to the waiting calls.
+//! heartbeats to the waiting calls, and credits to the connection's window.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, Result};
-use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
 use tokio::time::Instant;
-use zeromq::{DealerSendHalf, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSendHalf, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::frames::{self, Response};
 
 /// How long a server address that could not be reached is tried last.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// Flow-control counters of a driver's connections (see `zmq_hwm` and
+/// [`ZmqDriver::flow_stats`](crate::ZmqDriver::flow_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Requests sent on the open connections and not yet taken by their servers.
+    pub in_flight: usize,
+    /// The most requests that were ever in flight on one connection of this driver.
+    pub peak_in_flight: usize,
+    /// Sends waiting for room right now.
+    pub waiting: usize,
+}
+
+/// The driver-wide counters behind [`FlowStats`] (in flight is summed over the live links).
+#[derive(Debug, Default)]
+struct FlowCounters {
+    peak_in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// The high-water mark of one connection: `limit` permits, one taken by every request sent
+/// and given back by the server's credits.
+struct Window {
+    room: Semaphore,
+    in_flight: AtomicUsize,
+    counters: Arc<FlowCounters>,
+}
+
+impl Window {
+    /// Take one permit, waiting for room until `deadline`.
+    async fn reserve(&self, endpoint: &str, deadline: Option<Instant>) -> Result<()> {
+        let permit = match self.room.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+                let _waiting = Decrement(&self.counters.waiting);
+                let acquire = self.room.acquire();
+                let acquired = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.map_err(|_| {
+                        Error::timeout(format!(
+                            "timed out waiting for room to send to {endpoint}: the server has not taken the requests already sent (zmq_hwm)"
+                        ))
+                    })?,
+                    None => acquire.await,
+                };
+                acquired.expect("window semaphore never closed")
+            }
+        };
+        // Given back by a credit, not by a drop.
+        permit.forget();
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.counters.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The server took `count` more requests: give their room back (never more than was
+    /// taken, whatever a peer claims).
+    fn credit(&self, count: usize) {
+        let mut taken = 0;
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_flight| {
+            taken = count.min(in_flight);
+            Some(in_flight - taken)
+        });
+        self.room.add_permits(taken);
+    }
+}
+
+/// Decrements a counter when dropped (also when the waiting future is cancelled).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// One connected DEALER.
 pub(crate) struct Link {
@@ -26,6 +101,8 @@ pub(crate) struct Link {
     alive: AtomicBool,
     /// Becomes true when the connection is lost: calls waiting on it fail at once.
     closed: watch::Receiver<bool>,
+    /// `Some` when the server sends credits (and `zmq_hwm` is not 0).
+    window: Option<Arc<Window>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -38,8 +115,23 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Queue `frames` on this connection.
-    pub(crate) async fn send(&self, frames: ZmqMessage) -> Result<()> {
+    /// Queue `frames` on this connection, first waiting (until `deadline`) for room under the
+    /// connection's high-water mark. A timeout is a `MessagingTimeout` (the connection stays
+    /// usable); a connection lost meanwhile is a `MessageDeliveryFailure`.
+    pub(crate) async fn send(&self, frames: ZmqMessage, deadline: Option<Instant>) -> Result<()> {
+        if let Some(window) = &self.window {
+            tokio::select! {
+                biased;
+                reserved = window.reserve(&self.endpoint, deadline) => reserved?,
+                _ = self.lost() => {
+                    self.alive.store(false, Ordering::SeqCst);
+                    return Err(Error::MessageDeliveryFailure {
+                        message: format!("connection to {} lost while waiting for room to send", self.endpoint),
+                        retryable: true,
+                    });
+                }
+            }
+        }
         let result = self.sender.lock().await.send(frames).await;
         result.map_err(|err| {
             self.alive.store(false, Ordering::SeqCst);
@@ -48,6 +140,11 @@ impl Link {
                 retryable: true,
             }
         })
+    }
+
+    /// Requests in flight on this connection (0 without a window).
+    fn in_flight(&self) -> usize {
+        self.window.as_ref().map_or(0, |window| window.in_flight.load(Ordering::Acquire))
     }
 
     /// Resolves once the connection is lost.
@@ -75,10 +172,13 @@ pub(crate) struct Connections {
     ipc: Option<(String, PathBuf)>,
     /// The reader tasks (aborted on cleanup).
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `zmq_hwm`: requests in flight per connection, 0 = no limit.
+    hwm: usize,
+    counters: Arc<FlowCounters>,
 }
 
 impl Connections {
-    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>) -> Self {
+    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>, hwm: usize) -> Self {
         Connections {
             live: RwLock::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
@@ -87,6 +187,24 @@ impl Connections {
             connect_timeout,
             ipc,
             readers: Mutex::new(Vec::new()),
+            hwm,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The flow-control counters of the live connections.
+    pub(crate) fn flow_stats(&self) -> FlowStats {
+        let in_flight = self
+            .live
+            .read()
+            .expect("live table poisoned")
+            .values()
+            .map(|link| link.in_flight())
+            .sum();
+        FlowStats {
+            in_flight,
+            peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+            waiting: self.counters.waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -188,7 +306,14 @@ impl Connections {
         let mut options = SocketOptions::default();
         // Bounded again below; the crate's own limit is a backstop.
         options.connect_timeout(limit + Duration::from_millis(100));
+        if self.hwm > 0 {
+            // Tells the server to send credits, and the window it credits against.
+            let identity = frames::client_identity(self.hwm).try_into().expect("identity below 255 bytes");
+            options.peer_identity(identity);
+        }
         let mut socket = zeromq::DealerSocket::with_options(options);
+        // The handshake's outcome, with the server's identity: does it send credits?
+        let mut monitor = socket.monitor();
         let connected = tokio::time::timeout(limit, socket.connect(&endpoint)).await;
         match connected {
             Ok(Ok(())) => {}
@@ -209,7 +334,24 @@ impl Connections {
                 })
             }
         }
-        tracing::debug!(%endpoint, "connected");
+        let server_sends_credits = std::iter::from_fn(|| monitor.try_recv().ok())
+            .find_map(|event| match event {
+                SocketEvent::Connected(_, server) => Some(frames::sends_credits(&server)),
+                _ => None,
+            })
+            .unwrap_or(false);
+        drop(monitor);
+        let window = (self.hwm > 0 && server_sends_credits).then(|| {
+            Arc::new(Window {
+                room: Semaphore::new(self.hwm),
+                in_flight: AtomicUsize::new(0),
+                counters: self.counters.clone(),
+            })
+        });
+        if self.hwm > 0 && window.is_none() {
+            tracing::info!(%endpoint, "the server sends no flow-control credits (an older version?): no high-water mark on this connection");
+        }
+        tracing::debug!(%endpoint, flow_control = window.is_some(), "connected");
         let (sender, mut receiver) = socket.split();
         let (closed_sender, closed) = watch::channel(false);
         let link = Arc::new(Link {
@@ -217,6 +359,7 @@ impl Connections {
             sender: AsyncMutex::new(sender),
             alive: AtomicBool::new(true),
             closed,
+            window: window.clone(),
         });
         let waiters = self.waiters.clone();
         let reader = tokio::spawn(async move {
@@ -229,6 +372,10 @@ impl Connections {
                         Ok(Response::Heartbeat(message_id)) => {
                             waiters.deliver(oslo_core::codec::Reply::heartbeat(message_id));
                         }
+                        Ok(Response::Credit(count)) => match &window {
+                            Some(window) => window.credit(count),
+                            None => tracing::debug!(%endpoint, count, "credit on a connection without a window; ignored"),
+                        },
                         Err(err) => tracing::warn!(%endpoint, error = %err, "dropping a malformed reply"),
                     },
                     Err(err) => {

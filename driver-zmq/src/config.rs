@@ -11,6 +11,12 @@ use oslo_core::{Error, Result, TransportUrl};
 /// The oslo.config group of the driver options (used in error messages).
 pub const GROUP: &str = "oslo_messaging_zmq";
 
+/// The default of `zmq_hwm`: requests in flight per connection (libzmq's default HWM).
+pub const DEFAULT_HWM: usize = 1000;
+
+/// The largest `zmq_hwm` accepted (a window the server side can still count per peer).
+pub const MAX_HWM: usize = 1_000_000;
+
 /// Which matchmaker finds the servers of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchmakerKind {
@@ -66,6 +72,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "zmq_routing_refresh",
     "zmq_use_ipc",
     "matchmaker_key_prefix",
+    "zmq_hwm",
 ];
 
 /// The ZeroMQ driver's options, with oslo's names and defaults.
@@ -114,6 +121,12 @@ pub struct ZmqConfig {
     pub zmq_use_ipc: bool,
     /// Prefix of every Redis key (ours: empty, oslo's layout), e.g. to share a Redis.
     pub matchmaker_key_prefix: String,
+    /// High-water mark of one connection (ours: 1000; 0 = none): at most this many requests
+    /// (calls, casts, fanout copies, notifications) sent to one server and not yet taken by
+    /// it; a further send to that server waits for room, within its timeout if it has one.
+    /// Needs a server of this driver version (see the crate docs, "Flow control"); oslo 8.1.4
+    /// had no such option.
+    pub zmq_hwm: usize,
     /// Redis connect and command timeout (`socket_timeout`, 10000 ms).
     pub redis_socket_timeout: Duration,
     /// Redis host when the URL names none (`[matchmaker_redis] host`, `127.0.0.1`).
@@ -257,6 +270,10 @@ impl ZmqConfig {
             zmq_routing_refresh: seconds("zmq_routing_refresh", 1.0)?,
             zmq_use_ipc: get("zmq_use_ipc").map_or(Ok(true), |v| parse_bool("zmq_use_ipc", &v))?,
             matchmaker_key_prefix: get("matchmaker_key_prefix").unwrap_or_default(),
+            zmq_hwm: match int("zmq_hwm", DEFAULT_HWM as i64)? {
+                hwm if (0..=MAX_HWM as i64).contains(&hwm) => hwm as usize,
+                hwm => return Err(Error::configuration("zmq_hwm", format!("{hwm} is out of range (0..={MAX_HWM})"))),
+            },
             redis_socket_timeout: millis("socket_timeout", 10_000)?,
             redis_host: get("host").unwrap_or_else(|| "127.0.0.1".into()),
             redis_port: u16::try_from(redis_port).map_err(|_| Error::configuration("port", format!("{redis_port} is not a port")))?,
@@ -317,6 +334,9 @@ mod tests {
         assert_eq!(c.zmq_failover_connections, 2);
         assert_eq!(c.rpc_zmq_ipc_dir, PathBuf::from("/var/run/openstack"));
         assert!(!c.rpc_zmq_host.is_empty());
+        assert_eq!(c.zmq_hwm, DEFAULT_HWM);
+        assert_eq!(config("zmq://?zmq_hwm=0").unwrap().zmq_hwm, 0, "0 = no high-water mark");
+        assert_eq!(config("zmq://?zmq_hwm=7").unwrap().zmq_hwm, 7);
     }
 
     #[test]
@@ -339,6 +359,9 @@ mod tests {
             "zmq+dummy://?zmq_target_expire=10&zmq_target_update=20",
             "zmq+dummy://?zmq_connect_timeout=soon",
             "zmq+dummy://?zmq_linger=never",
+            "zmq+dummy://?zmq_hwm=-1",
+            "zmq+dummy://?zmq_hwm=lots",
+            "zmq+dummy://?zmq_hwm=1000001",
         ] {
             let err = config(url).expect_err(url);
             assert!(matches!(err, Error::Configuration { .. }), "{url}: {err}");

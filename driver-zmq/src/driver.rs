@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use zeromq::ZmqMessage;
 
-use crate::client::{Connections, Link};
+use crate::client::{Connections, FlowStats, Link};
 use crate::config::ZmqConfig;
 use crate::frames::{self, MessageType};
 use crate::matchmaker::{self, Matchmaker, POOL, ROUTER};
@@ -47,7 +47,7 @@ impl ZmqDriver {
         let ipc = config
             .zmq_use_ipc
             .then(|| (config.rpc_zmq_host.clone(), config.rpc_zmq_ipc_dir.clone()));
-        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc);
+        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc, config.zmq_hwm);
         Ok(ZmqDriver {
             config,
             control_exchange: transport.control_exchange.clone(),
@@ -69,6 +69,13 @@ impl ZmqDriver {
     /// The options in effect.
     pub fn config(&self) -> &ZmqConfig {
         &self.config
+    }
+
+    /// The flow-control counters of this driver's connections: requests in flight (sent and
+    /// not yet taken by their servers), the most ever in flight on one connection (never
+    /// above `zmq_hwm` when the servers send credits), and the sends waiting for room.
+    pub fn flow_stats(&self) -> FlowStats {
+        self.connections.flow_stats()
     }
 
     /// The topic as keyed in the matchmaker: exchanges other than `control_exchange` qualify it.
@@ -119,12 +126,15 @@ impl ZmqDriver {
     }
 
     /// Send `frames` to `host`, reconnecting once if the cached connection turns out dead.
+    /// Waits for room under the connection's `zmq_hwm` until `deadline`.
     async fn send_to(&self, host: &str, frames: &ZmqMessage, deadline: Option<Instant>) -> Result<Arc<Link>> {
         let mut attempt = 0;
         loop {
             let link = self.connections.link(host, deadline).await?;
-            match link.send(frames.clone()).await {
+            match link.send(frames.clone(), deadline).await {
                 Ok(()) => return Ok(link),
+                // The server is there but slow: not a reason to reconnect or fail over.
+                Err(err @ Error::MessagingTimeout { .. }) => return Err(err),
                 Err(err) if attempt == 0 => {
                     tracing::debug!(host, error = %err, "connection lost; reconnecting");
                     attempt += 1;
@@ -137,19 +147,31 @@ impl ZmqDriver {
         }
     }
 
-    /// Send one copy to each of `hosts` at once; returns how many got it.
-    async fn send_to_each(&self, key: &str, hosts: &[String], frames: &ZmqMessage) -> usize {
+    /// Send one copy to each of `hosts` at once (each waiting for room until `deadline`);
+    /// returns how many got it, and the first timeout if a copy found no room in time.
+    async fn send_to_each(&self, key: &str, hosts: &[String], frames: &ZmqMessage, deadline: Option<Instant>) -> (usize, Option<Error>) {
         let sends = hosts.iter().map(|host| async move {
-            match self.send_to(host, frames, None).await {
-                Ok(_) => true,
-                Err(err) => {
+            let sent = self.send_to(host, frames, deadline).await;
+            if let Err(err) = &sent {
+                if matches!(err, Error::MessagingTimeout { .. }) {
+                    tracing::warn!(host, error = %err, "server too slow; its copy is dropped");
+                } else {
                     tracing::warn!(host, error = %err, "server unreachable; its copy is dropped");
                     self.matchmaker.forget(key);
-                    false
                 }
             }
+            sent
         });
-        futures::future::join_all(sends).await.into_iter().filter(|sent| *sent).count()
+        let mut delivered = 0;
+        let mut timeout = None;
+        for sent in futures::future::join_all(sends).await {
+            match sent {
+                Ok(_) => delivered += 1,
+                Err(err @ Error::MessagingTimeout { .. }) => timeout = timeout.or(Some(err)),
+                Err(_) => {}
+            }
+        }
+        (delivered, timeout)
     }
 }
 
@@ -212,8 +234,12 @@ impl Driver for ZmqDriver {
         let frames = frames::request(kind, &message_id, payload);
         match kind {
             MessageType::CastFanout => {
-                self.send_to_each(&key, &hosts, &frames).await;
-                Ok(None)
+                // A copy that found no room within the cast's timeout fails it (the others
+                // were sent); copies to unreachable servers are dropped, as in oslo.
+                match self.send_to_each(&key, &hosts, &frames, deadline).await {
+                    (_, Some(timeout)) => Err(timeout),
+                    _ => Ok(None),
+                }
             }
             MessageType::Call => {
                 // Registered before sending, so that no reply can come first.
@@ -245,7 +271,7 @@ impl Driver for ZmqDriver {
         let payload = frames::encode_request_payload(context, message, &new_id(), None)?;
         let frames = frames::request(MessageType::Notify, &new_id(), payload);
         let mut expected = everyone.len();
-        let mut delivered = self.send_to_each(&everyone_key, &everyone, &frames).await;
+        let (mut delivered, _) = self.send_to_each(&everyone_key, &everyone, &frames, None).await;
         for pool in pools {
             let members_key = format!("{POOL}/{topic}/{pool}");
             let members = self.matchmaker.get_hosts(&members_key).await?;

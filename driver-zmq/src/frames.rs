@@ -7,6 +7,12 @@
 //! * call-monitor heartbeat, ROUTER → DEALER: `[b"", b"1.0", b"6", <message id>]` (oslo's ACK
 //!   type, "the server has the message": here it restarts the caller's monitor timer).
 //!
+//! * flow-control credit, ROUTER → DEALER: `[b"", b"1.0", b"7", <count>]` (this driver's own
+//!   type, not oslo's): the server has taken `<count>` (decimal) more requests from this
+//!   connection. Sent only to DEALERs whose identity says they count credits (see
+//!   [`client_identity`]), so DEALERs that do not (older versions of this driver, raw
+//!   clients) never see one.
+//!
 //! `message` is the oslo message dict (`method`, `args`, `namespace`, `version`, or a
 //! notification's fields) plus `_unique_id` and, for calls with a call-monitor timeout,
 //! `_timeout`. `failure` is `null` or oslo's serialized remote exception (a JSON string).
@@ -38,6 +44,8 @@ pub enum MessageType {
     Reply,
     /// oslo's acknowledgement; here the call-monitor heartbeat.
     Ack,
+    /// Flow-control credit (this driver's own type `7`): requests taken by the server.
+    Credit,
 }
 
 impl MessageType {
@@ -50,6 +58,7 @@ impl MessageType {
             MessageType::Notify => b"4",
             MessageType::Reply => b"5",
             MessageType::Ack => b"6",
+            MessageType::Credit => b"7",
         }
     }
 
@@ -61,6 +70,7 @@ impl MessageType {
             b"4" => MessageType::Notify,
             b"5" => MessageType::Reply,
             b"6" => MessageType::Ack,
+            b"7" => MessageType::Credit,
             _ => return None,
         })
     }
@@ -140,6 +150,49 @@ pub fn reply(peer: Bytes, message_id: &Bytes, payload: Option<Bytes>) -> ZmqMess
         }
     }
     frames
+}
+
+/// The frames of a flow-control credit for `count` requests taken, as a ROUTER sends them to
+/// the DEALER whose identity is `peer`.
+pub fn credit(peer: Bytes, count: usize) -> ZmqMessage {
+    let mut frames = ZmqMessage::from(peer);
+    frames.push_back(Bytes::new());
+    frames.push_back(Bytes::from_static(VERSION));
+    frames.push_back(Bytes::from_static(MessageType::Credit.frame()));
+    frames.push_back(Bytes::from(count.to_string()));
+    frames
+}
+
+/// How peers of this driver tell each other, in their ZMTP identity (exchanged in the
+/// handshake, invisible to the messages), that they use flow-control credits.
+pub const FLOW_CONTROL_MARK: &[u8] = b"oslo-hwm1/";
+
+/// The identity of a DEALER that keeps at most `window` requests in flight and counts the
+/// server's credits: `oslo-hwm1/<window>/<random>`. It tells the server how many requests
+/// it may hold back before crediting (it credits at a quarter of the window at the latest).
+pub fn client_identity(window: usize) -> Bytes {
+    let mut identity = FLOW_CONTROL_MARK.to_vec();
+    identity.extend_from_slice(format!("{window}/{}", uuid::Uuid::new_v4().simple()).as_bytes());
+    Bytes::from(identity)
+}
+
+/// The identity of a ROUTER that sends credits: `oslo-hwm1/<random>`.
+pub fn server_identity() -> Bytes {
+    let mut identity = FLOW_CONTROL_MARK.to_vec();
+    identity.extend_from_slice(uuid::Uuid::new_v4().simple().to_string().as_bytes());
+    Bytes::from(identity)
+}
+
+/// The window a DEALER announced in its identity, if it counts credits.
+pub fn client_window(identity: &[u8]) -> Option<usize> {
+    let rest = identity.strip_prefix(FLOW_CONTROL_MARK)?;
+    let window = std::str::from_utf8(rest.split(|b| *b == b'/').next()?).ok()?;
+    window.parse().ok().filter(|window| *window > 0)
+}
+
+/// Whether a ROUTER's identity says that it sends credits.
+pub fn sends_credits(identity: &[u8]) -> bool {
+    identity.starts_with(FLOW_CONTROL_MARK)
 }
 
 /// Encode a reply's payload frame: `[result, failure]`.
@@ -226,13 +279,23 @@ pub enum Response {
     Reply(Box<oslo_core::codec::Reply>),
     /// A heartbeat for `message_id`.
     Heartbeat(String),
+    /// A flow-control credit: the server took this many more requests.
+    Credit(usize),
 }
 
-/// Decode what a DEALER received: `[b"", b"1.0", b"5", id, payload]` or `[b"", b"1.0", b"6", id]`.
+/// Decode what a DEALER received: `[b"", b"1.0", b"5", id, payload]`, `[b"", b"1.0", b"6", id]`
+/// or `[b"", b"1.0", b"7", count]`.
 pub fn decode_response(frames: ZmqMessage) -> Result<Response> {
     let frames = frames.into_vec();
     if frames.len() < 4 || !frames[0].is_empty() || frames[1].as_ref() != VERSION {
         return Err(Error::invalid_message("reply does not start with [\"\", \"1.0\"]"));
+    }
+    if frames.len() == 4 && MessageType::parse(&frames[2]) == Some(MessageType::Credit) {
+        return std::str::from_utf8(&frames[3])
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .map(Response::Credit)
+            .ok_or_else(|| Error::invalid_message("credit count is not a decimal number"));
     }
     let message_id = std::str::from_utf8(&frames[3])
         .map_err(|_| Error::invalid_message("message id is not UTF-8"))?
@@ -330,6 +393,42 @@ mod tests {
         }
         let (_, frames) = strip_peer(reply(Bytes::from_static(b"peer"), &id, None));
         assert!(matches!(decode_response(frames).unwrap(), Response::Heartbeat(id) if id == "mid"));
+    }
+
+    #[test]
+    fn credits_and_flow_control_identities() {
+        let (peer, frames) = strip_peer(credit(Bytes::from_static(b"peer"), 250));
+        assert_eq!(&peer[..], b"peer");
+        let parts = frames.clone().into_vec();
+        assert_eq!(
+            parts,
+            vec![
+                Bytes::new(),
+                Bytes::from_static(b"1.0"),
+                Bytes::from_static(b"7"),
+                Bytes::from_static(b"250")
+            ]
+        );
+        assert!(matches!(decode_response(frames).unwrap(), Response::Credit(250)));
+        let bad = ZmqMessage::try_from(vec![
+            Bytes::new(),
+            Bytes::from_static(b"1.0"),
+            Bytes::from_static(b"7"),
+            Bytes::from_static(b"-1"),
+        ])
+        .unwrap();
+        assert!(matches!(decode_response(bad), Err(Error::InvalidMessage { .. })));
+
+        let client = client_identity(1000);
+        assert!(client.starts_with(b"oslo-hwm1/1000/"), "{client:?}");
+        assert!(client.len() <= 255, "a ZMTP identity is at most 255 bytes");
+        assert_ne!(client, client_identity(1000), "unique per connection");
+        assert_eq!(client_window(&client), Some(1000));
+        assert_eq!(client_window(&client_identity(0)), None);
+        assert_eq!(client_window(uuid::Uuid::new_v4().as_bytes()), None, "the crate's random identity");
+        assert_eq!(client_window(b"oslo-hwm1/x/y"), None);
+        assert!(sends_credits(&server_identity()));
+        assert!(!sends_credits(uuid::Uuid::new_v4().as_bytes()));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The server side: one ROUTER socket per listener, bound to a random port in
 //! `[rpc_zmq_min_port, rpc_zmq_max_port)` (and to an `ipc://` socket file for same-host
-//! clients), registered in the matchmaker and refreshed every `zmq_target_update`.
+//! clients), registered in the matchmaker and refreshed every `zmq_target_update`, crediting
+//! the requests it takes to the clients that count credits.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +14,8 @@ use bytes::Bytes;
 use oslo_core::codec::{DuplicateFilter, JsonMap};
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result};
 use serde_json::Value;
-use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend};
+use tokio::sync::Notify;
+use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend};
 
 use crate::config::ZmqConfig;
 use crate::frames::{self, MessageType, Request};
@@ -38,7 +41,10 @@ fn random_u64() -> u64 {
 }
 
 async fn bind(config: &ZmqConfig) -> Result<Bound> {
-    let mut socket = RouterSocket::new();
+    let mut options = SocketOptions::default();
+    // Tells connecting clients (in the handshake) that this server sends credits.
+    options.peer_identity(frames::server_identity().try_into().expect("identity below 255 bytes"));
+    let mut socket = RouterSocket::with_options(options);
     let bind_host = config.bind_host();
     let bind_host = if bind_host.contains(':') && !bind_host.starts_with('[') {
         format!("[{bind_host}]")
@@ -211,6 +217,72 @@ impl Drop for Registration {
     }
 }
 
+/// The credits a listener owes its clients: every request it takes from a client that
+/// counts credits (its identity announces its window) is credited back, in batches of up to a
+/// quarter of that client's window, and all at once whenever the listener has nothing left to
+/// read. A client therefore never has more than its window sent and not yet taken, and never
+/// waits for a credit the server holds back while idle.
+#[derive(Default)]
+struct Credits {
+    state: Mutex<CreditState>,
+    /// Wakes the task that sends the credits.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct CreditState {
+    /// Per client identity: requests taken and not credited yet, and the batch size.
+    owed: HashMap<Bytes, (usize, usize)>,
+    /// Credits to send now.
+    due: Vec<(Bytes, usize)>,
+}
+
+impl Credits {
+    /// One request taken from `peer` (whatever it turns out to be, even malformed).
+    fn taken(&self, peer: &Bytes) {
+        let Some(window) = frames::client_window(peer) else {
+            return;
+        };
+        let mut state = self.state.lock().expect("credits poisoned");
+        let batch = window.div_ceil(4);
+        let owed = state.owed.entry(peer.clone()).or_insert((0, batch));
+        owed.0 += 1;
+        if owed.0 >= owed.1 {
+            let count = owed.0;
+            state.owed.remove(peer);
+            state.due.push((peer.clone(), count));
+            drop(state);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Nothing more to read: everything owed is due.
+    fn idle(&self) {
+        let mut state = self.state.lock().expect("credits poisoned");
+        if state.owed.is_empty() {
+            return;
+        }
+        let owed: Vec<(Bytes, usize)> = state.owed.drain().map(|(peer, (count, _))| (peer, count)).collect();
+        state.due.extend(owed);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Send the credits due, as they become due, until aborted.
+    async fn send(self: Arc<Self>, mut sender: RouterSendHalf) {
+        loop {
+            self.ready.notified().await;
+            let due = std::mem::take(&mut self.state.lock().expect("credits poisoned").due);
+            for (peer, count) in due {
+                if let Err(err) = sender.send(frames::credit(peer, count)).await {
+                    // The client is gone, and its window with it.
+                    tracing::debug!(error = %err, "credit not sent");
+                }
+            }
+        }
+    }
+}
+
 /// A listener: its ROUTER socket, its records and its duplicate window.
 pub(crate) struct ZmqListener {
     receiver: Option<RouterRecvHalf>,
@@ -220,6 +292,17 @@ pub(crate) struct ZmqListener {
     duplicates: DuplicateFilter,
     ipc_file: Option<PathBuf>,
     host: String,
+    credits: Arc<Credits>,
+    /// Sends the credits (holds a sender: aborted on cleanup so that the socket closes).
+    crediting: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ZmqListener {
+    fn drop(&mut self) {
+        if let Some(task) = self.crediting.take() {
+            task.abort();
+        }
+    }
 }
 
 impl ZmqListener {
@@ -242,6 +325,8 @@ impl ZmqListener {
             }
         };
         tracing::debug!(host = %bound.host, ipc = ?bound.ipc_file, "listening");
+        let credits = Arc::new(Credits::default());
+        let crediting = tokio::spawn(credits.clone().send(sender.clone()));
         Ok(ZmqListener {
             receiver: Some(receiver),
             sender,
@@ -250,6 +335,8 @@ impl ZmqListener {
             duplicates: DuplicateFilter::default(),
             ipc_file: bound.ipc_file,
             host: bound.host,
+            credits,
+            crediting: Some(crediting),
         })
     }
 }
@@ -268,7 +355,16 @@ impl Listener for ZmqListener {
                 return None;
             }
             let receiver = self.receiver.as_mut()?;
-            let frames = match receiver.recv().await {
+            let mut receive = receiver.recv();
+            let received = match futures::poll!(receive.as_mut()) {
+                std::task::Poll::Ready(received) => received,
+                std::task::Poll::Pending => {
+                    // Nothing waiting to be read: credit everything taken so far.
+                    self.credits.idle();
+                    receive.await
+                }
+            };
+            let frames = match received {
                 Ok(frames) => frames,
                 Err(err) => {
                     // Per-peer failures are handled by the crate (the peer is dropped); do not
@@ -278,6 +374,9 @@ impl Listener for ZmqListener {
                     continue;
                 }
             };
+            if let Some(peer) = frames.get(0) {
+                self.credits.taken(peer);
+            }
             let request = match frames::decode_request(frames) {
                 Ok(request) => request,
                 Err(err) => {
@@ -302,6 +401,8 @@ impl Listener for ZmqListener {
     async fn stop(&mut self) {
         if !self.stopped {
             self.stopped = true;
+            // What was taken is credited; what clients sent since is not read.
+            self.credits.idle();
             // Clients stop choosing this server first; what they already sent is not read.
             self.registration.unregister().await;
         }
@@ -311,6 +412,9 @@ impl Listener for ZmqListener {
         self.stop().await;
         // The socket closes once the messages still being handled (each holds a sender) are dropped.
         self.receiver = None;
+        if let Some(task) = self.crediting.take() {
+            task.abort();
+        }
         remove_ipc_file(self.ipc_file.take()).await;
     }
 }
