@@ -16,7 +16,35 @@
 //!   before a listener starts are kept (store and forward); each pool gets its own copy;
 //! * `requeue` puts a notification back at the head of its queue;
 //! * call-monitor heartbeats are delivered, so `call_monitor_timeout` works;
+//! * every queue is bounded (see [below](#bounded-queues)): a send waits for room;
 //! * all waiting uses tokio primitives, so tests under `tokio::time::pause()` are instant.
+//!
+//! # Bounded queues
+//!
+//! A queue holds at most `fake_max_queue_length` messages (default
+//! [`DEFAULT_MAX_QUEUE_LENGTH`], 1000; `0` = no bound), set in the URL's query
+//! (`fake://bus?fake_max_queue_length=10`) or in
+//! [`TransportConfig::driver_options`](oslo_core::TransportConfig::driver_options) (the query
+//! wins). A send (call, cast, fanout, notification) to a full queue **waits** until a listener
+//! takes a message from it: backpressure, not an error, so a fast caster cannot run ahead of
+//! its servers without bound. The wait counts against the send's timeout (a call's timeout, or
+//! [`SendOptions::timeout`] given to [`Driver::send`]) and fails with `MessagingTimeout` when it
+//! passes; casts from [`oslo_core::RpcClient`] and notifications have no timeout and wait as
+//! long as it takes. A message goes to all of its queues (fanout, notification pools) or, when
+//! the timeout passes first, to none.
+//!
+//! * A queue's bound is the smallest among the transports that listen on it or send to it.
+//! * Listeners hold nothing beyond the queue: servers take a message only when an executor
+//!   slot is free, so at most the queue's bound plus the executor pool are in memory.
+//! * Requeued messages and [`inject_raw`] never wait (they may exceed the bound briefly).
+//! * A notification queue nobody consumes fills up to the bound, then notifiers wait: a test
+//!   that sends more notifications than that before its listener starts needs a larger bound
+//!   (or `0`). The same holds for a handler that casts to its own full queue.
+//! * [`queue_stats`] tells a test how full a queue is, the most it ever held, and how many
+//!   sends wait for room.
+//!
+//! Options this driver does not know are ignored, so the options of another driver's
+//! configuration can be passed unchanged when a test swaps its URL for `fake://`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oslo_core::Result<()> {
@@ -38,6 +66,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -48,24 +77,53 @@ use oslo_core::{
     TransportConfig, TransportUrl,
 };
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 
 /// URL schemes this driver serves.
 pub const SCHEMES: &[&str] = &["fake"];
 
+/// The option bounding every queue (URL query or driver option): messages, `0` = no bound.
+pub const MAX_QUEUE_LENGTH_OPTION: &str = "fake_max_queue_length";
+
+/// The default of `fake_max_queue_length`.
+pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 1000;
+
+/// "No bound": as many messages as a semaphore can count.
+const UNBOUNDED: usize = Semaphore::MAX_PERMITS;
+
 /// Register the fake driver in `registry` under every name in [`SCHEMES`].
 pub fn register(registry: &DriverRegistry) {
     for scheme in SCHEMES {
-        registry.register(scheme, |url, config| Ok(Arc::new(FakeDriver::new(url, config)) as Arc<dyn Driver>));
+        registry.register(scheme, |url, config| Ok(Arc::new(FakeDriver::new(url, config)?) as Arc<dyn Driver>));
     }
 }
 
 /// Put raw `body` bytes on queue `queue` of `exchange` on bus `bus` (the host of a
 /// `fake://<bus>` URL), as a misbehaving publisher would: for testing how servers and
 /// listeners cope with malformed messages. RPC servers listen on queues `<topic>` and
-/// `<topic>.<server>`; the default exchange is `openstack`.
+/// `<topic>.<server>`; the default exchange is `openstack`. Never waits, whatever the bound.
 pub fn inject_raw(bus: &str, exchange: &str, queue: &str, body: Vec<u8>) {
-    Bus::named(bus).queue(exchange, queue).push(body);
+    Bus::named(bus).queue(exchange, queue, UNBOUNDED).push_unreserved(body, false);
+}
+
+/// How full a queue is (see [`queue_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages in the queue now.
+    pub len: usize,
+    /// The most messages the queue ever held.
+    pub peak: usize,
+    /// Its bound (`None`: unbounded).
+    pub bound: Option<usize>,
+    /// Sends waiting for room now.
+    pub waiting: usize,
+}
+
+/// How full queue `queue` of `exchange` on bus `bus` is, if it exists (queue names as in
+/// [`inject_raw`]; a server's fanout queue is private and not listed).
+pub fn queue_stats(bus: &str, exchange: &str, queue: &str) -> Option<QueueStats> {
+    Bus::named(bus).existing_queue(exchange, queue).map(|queue| queue.stats())
 }
 
 /// The in-memory driver. Drivers built for the same bus name share messages.
@@ -74,21 +132,44 @@ pub struct FakeDriver {
     bus: Arc<Bus>,
     control_exchange: String,
     reply_queue: String,
+    /// `fake_max_queue_length` (`UNBOUNDED` for 0).
+    max_queue_length: usize,
 }
 
 impl FakeDriver {
     /// Open (or join) the bus named by `url`: its host, or its virtual host if it has no host.
-    pub fn new(url: &TransportUrl, config: &TransportConfig) -> Self {
-        FakeDriver {
+    /// Fails with `ConfigurationError` when `fake_max_queue_length` is not a number.
+    pub fn new(url: &TransportUrl, config: &TransportConfig) -> Result<Self> {
+        let options = config.merged_driver_options(url);
+        let max_queue_length = match options.get(MAX_QUEUE_LENGTH_OPTION).map(|v| v.trim()) {
+            None => DEFAULT_MAX_QUEUE_LENGTH,
+            Some(value) => match value.parse::<usize>() {
+                Ok(0) => UNBOUNDED,
+                Ok(length) => length.min(UNBOUNDED),
+                Err(_) => {
+                    return Err(Error::configuration(
+                        MAX_QUEUE_LENGTH_OPTION,
+                        format!("{value:?} is not a number of messages (0 = no bound)"),
+                    ))
+                }
+            },
+        };
+        Ok(FakeDriver {
             bus: Bus::named(&bus_name(url)),
             control_exchange: config.control_exchange.clone(),
             reply_queue: format!("reply_{}", codec::new_id()),
-        }
+            max_queue_length,
+        })
     }
 
     /// The bus name this driver is attached to.
     pub fn bus_name(&self) -> &str {
         &self.bus.name
+    }
+
+    /// The bound of the queues this driver uses (`None`: unbounded).
+    pub fn max_queue_length(&self) -> Option<usize> {
+        (self.max_queue_length < UNBOUNDED).then_some(self.max_queue_length)
     }
 
     fn exchange_of(&self, target: &Target) -> String {
@@ -139,9 +220,18 @@ impl Bus {
             .clone()
     }
 
-    fn queue(&self, exchange: &str, name: &str) -> Arc<Queue> {
-        let mut state = self.state.lock().expect("bus poisoned");
-        state.queues.entry((exchange.to_string(), name.to_string())).or_default().clone()
+    /// Queue `name` of `exchange`, created if needed; its bound lowered to `bound` if higher.
+    fn queue(&self, exchange: &str, name: &str, bound: usize) -> Arc<Queue> {
+        let queue = {
+            let mut state = self.state.lock().expect("bus poisoned");
+            state
+                .queues
+                .entry((exchange.to_string(), name.to_string()))
+                .or_insert_with(|| Arc::new(Queue::new(name, bound)))
+                .clone()
+        };
+        queue.limit(bound);
+        queue
     }
 
     fn existing_queue(&self, exchange: &str, name: &str) -> Option<Arc<Queue>> {
@@ -153,8 +243,8 @@ impl Bus {
             .cloned()
     }
 
-    fn bind(&self, exchange: &str, routing_key: &str, queue_name: &str) -> Arc<Queue> {
-        let queue = self.queue(exchange, queue_name);
+    fn bind(&self, exchange: &str, routing_key: &str, queue_name: &str, bound: usize) -> Arc<Queue> {
+        let queue = self.queue(exchange, queue_name, bound);
         let mut state = self.state.lock().expect("bus poisoned");
         let bound = state.bindings.entry((exchange.to_string(), routing_key.to_string())).or_default();
         if !bound.iter().any(|q| q == queue_name) {
@@ -187,26 +277,120 @@ impl Bus {
     }
 }
 
-/// A FIFO queue with competing consumers.
-#[derive(Debug, Default)]
+/// A FIFO queue with competing consumers and a bound.
+///
+/// `room` has a permit per free place: a send takes one (waiting when there is none) before it
+/// pushes, a pop gives one back. Pushes that do not wait (requeue, [`inject_raw`]) and bounds
+/// lowered below what is already reserved are paid back by the next pops (`excess`), so that
+/// always `free permits + reserved + len == bound + excess`.
+#[derive(Debug)]
 struct Queue {
-    messages: Mutex<VecDeque<Vec<u8>>>,
+    name: String,
+    state: Mutex<QueueState>,
+    room: Semaphore,
+    waiting: AtomicUsize,
     consumers: Mutex<Vec<Weak<Notify>>>,
 }
 
+#[derive(Debug)]
+struct QueueState {
+    messages: VecDeque<Vec<u8>>,
+    bound: usize,
+    /// Pops that give no permit back.
+    excess: usize,
+    peak: usize,
+}
+
 impl Queue {
-    fn push(&self, body: Vec<u8>) {
-        self.messages.lock().expect("queue poisoned").push_back(body);
+    fn new(name: &str, bound: usize) -> Self {
+        Queue {
+            name: name.to_string(),
+            state: Mutex::new(QueueState {
+                messages: VecDeque::new(),
+                bound,
+                excess: 0,
+                peak: 0,
+            }),
+            room: Semaphore::new(bound),
+            waiting: AtomicUsize::new(0),
+            consumers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Lower the bound to `bound` (a queue's bound is the smallest of its users').
+    fn limit(&self, bound: usize) {
+        let mut state = self.state.lock().expect("queue poisoned");
+        if bound < state.bound {
+            let lower = state.bound - bound;
+            let forgotten = self.room.forget_permits(lower);
+            state.excess += lower - forgotten;
+            state.bound = bound;
+        }
+    }
+
+    /// A place in the queue, waiting for one until `deadline`.
+    async fn reserve(&self, deadline: Option<Instant>) -> Result<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.room.try_acquire() {
+            return Ok(permit);
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Decrement(&self.waiting);
+        let acquired = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.room.acquire()).await.map_err(|_| {
+                Error::timeout(format!(
+                    "timed out waiting for room in queue {:?}: its listeners have not taken the messages already there ({MAX_QUEUE_LENGTH_OPTION})",
+                    self.name
+                ))
+            })?,
+            None => self.room.acquire().await,
+        };
+        Ok(acquired.expect("queue semaphore never closed"))
+    }
+
+    /// Push `body` into a place reserved with [`Queue::reserve`] (whose permit was forgotten).
+    fn push_reserved(&self, body: Vec<u8>) {
+        {
+            let mut state = self.state.lock().expect("queue poisoned");
+            state.messages.push_back(body);
+            state.peak = state.peak.max(state.messages.len());
+        }
         self.wake();
     }
 
-    fn push_front(&self, body: Vec<u8>) {
-        self.messages.lock().expect("queue poisoned").push_front(body);
+    /// Push without waiting for room: at the head (a requeue) or the tail.
+    fn push_unreserved(&self, body: Vec<u8>, front: bool) {
+        {
+            let mut state = self.state.lock().expect("queue poisoned");
+            if front {
+                state.messages.push_front(body);
+            } else {
+                state.messages.push_back(body);
+            }
+            state.excess += 1;
+            state.peak = state.peak.max(state.messages.len());
+        }
         self.wake();
     }
 
     fn pop(&self) -> Option<Vec<u8>> {
-        self.messages.lock().expect("queue poisoned").pop_front()
+        let mut state = self.state.lock().expect("queue poisoned");
+        let body = state.messages.pop_front()?;
+        if state.excess > 0 {
+            state.excess -= 1;
+        } else {
+            self.room.add_permits(1);
+        }
+        Some(body)
+    }
+
+    fn stats(&self) -> QueueStats {
+        let state = self.state.lock().expect("queue poisoned");
+        QueueStats {
+            len: state.messages.len(),
+            peak: state.peak,
+            bound: (state.bound < UNBOUNDED).then_some(state.bound),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
     }
 
     fn wake(&self) {
@@ -230,6 +414,30 @@ impl Queue {
     }
 }
 
+/// Decrements a counter when dropped (also when the waiting future is cancelled).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Put `body` on every queue of `queues`, first waiting (until `deadline`) for a place in each:
+/// all of them get it, or, when the deadline passes first, none.
+async fn push_all(queues: &[Arc<Queue>], body: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+    let mut places = Vec::with_capacity(queues.len());
+    for queue in queues {
+        places.push(queue.reserve(deadline).await?);
+    }
+    for (queue, place) in queues.iter().zip(places) {
+        // The pop that takes the message gives the place back.
+        place.forget();
+        queue.push_reserved(body.clone());
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Driver for FakeDriver {
     fn name(&self) -> &'static str {
@@ -243,6 +451,8 @@ impl Driver for FakeDriver {
     }
 
     async fn send(&self, target: &Target, context: &JsonMap, message: &JsonMap, options: &SendOptions) -> Result<Option<Value>> {
+        // Waiting for room counts against the timeout too.
+        let deadline = options.timeout.map(|timeout| Instant::now() + timeout);
         let topic = target.topic.as_deref().unwrap_or_default();
         let exchange = self.exchange_of(target);
         let unique_id = codec::new_id();
@@ -273,15 +483,19 @@ impl Driver for FakeDriver {
             tracing::debug!(%topic, "no queue bound for cast; dropped as RabbitMQ would");
             return Ok(None);
         }
-        let pending = msg_id.as_ref().map(|id| self.bus.replies.register(id.clone()));
         for queue in &queues {
-            queue.push(body.clone());
+            queue.limit(self.max_queue_length);
         }
+        let pending = msg_id.as_ref().map(|id| self.bus.replies.register(id.clone()));
+        push_all(&queues, body, deadline).await?;
         match pending {
-            Some(pending) => pending
-                .wait(options.timeout, options.call_monitor_timeout, &self.reply_queue)
-                .await
-                .map(Some),
+            Some(pending) => {
+                let remaining = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+                pending
+                    .wait(remaining, options.call_monitor_timeout, &self.reply_queue)
+                    .await
+                    .map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -296,25 +510,27 @@ impl Driver for FakeDriver {
             codec::encode_plain(&inner)?
         };
         // Like oslo's rabbit notifier: the default queue exists once someone published.
-        self.bus.bind(&exchange, routing_key, routing_key);
-        for queue in self.bus.bound_queues(&exchange, routing_key) {
-            queue.push(body.clone());
+        self.bus.bind(&exchange, routing_key, routing_key, self.max_queue_length);
+        let queues = self.bus.bound_queues(&exchange, routing_key);
+        for queue in &queues {
+            queue.limit(self.max_queue_length);
         }
-        Ok(())
+        // No timeout: a notification waits for room as long as it takes.
+        push_all(&queues, body, None).await
     }
 
     async fn listen(&self, target: &Target) -> Result<Box<dyn Listener>> {
         let topic = target.topic.clone().unwrap_or_default();
         let server = target.server.clone().unwrap_or_default();
         let exchange = self.exchange_of(target);
-        let fanout = Arc::new(Queue::default());
+        let fanout = Arc::new(Queue::new(&format!("{topic}_fanout"), self.max_queue_length));
         {
             let mut state = self.bus.state.lock().expect("bus poisoned");
             state.fanout.entry(topic.clone()).or_default().push(Arc::downgrade(&fanout));
         }
         let queues = vec![
-            self.bus.queue(&exchange, &format!("{topic}.{server}")),
-            self.bus.queue(&exchange, &topic),
+            self.bus.queue(&exchange, &format!("{topic}.{server}"), self.max_queue_length),
+            self.bus.queue(&exchange, &topic, self.max_queue_length),
             fanout,
         ];
         Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
@@ -325,7 +541,9 @@ impl Driver for FakeDriver {
         for (target, priority) in targets_and_priorities {
             let exchange = self.exchange_of(target);
             let routing_key = format!("{}.{}", target.topic.as_deref().unwrap_or_default(), priority.to_lowercase());
-            let queue = self.bus.bind(&exchange, &routing_key, pool.unwrap_or(&routing_key));
+            let queue = self
+                .bus
+                .bind(&exchange, &routing_key, pool.unwrap_or(&routing_key), self.max_queue_length);
             if !queues.iter().any(|q| Arc::ptr_eq(q, &queue)) {
                 queues.push(queue);
             }
@@ -470,7 +688,7 @@ impl IncomingMessage for FakeIncoming {
     }
 
     async fn requeue(&self) -> Result<()> {
-        self.queue.push_front(self.body.clone());
+        self.queue.push_unreserved(self.body.clone(), true);
         Ok(())
     }
 }
