@@ -47,8 +47,10 @@ struct Window {
 }
 
 impl Window {
-    /// Take one permit, waiting for room until `deadline`.
-    async fn reserve(&self, endpoint: &str, deadline: Option<Instant>) -> Result<()> {
+    /// Take one permit, waiting for room until `deadline`. The place is given back when the
+    /// returned [`Reserved`] is dropped before [`Reserved::sent`] (the send failed or was
+    /// cancelled).
+    async fn reserve(&self, endpoint: &str, deadline: Option<Instant>) -> Result<Reserved<'_>> {
         let permit = match self.room.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
@@ -70,7 +72,7 @@ impl Window {
         permit.forget();
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.counters.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
-        Ok(())
+        Ok(Reserved { window: Some(self) })
     }
 
     /// The server took `count` more requests: give their room back (never more than was
@@ -82,6 +84,29 @@ impl Window {
             Some(in_flight - taken)
         });
         self.room.add_permits(taken);
+    }
+}
+
+/// A place taken in a [`Window`] for a request about to be sent.
+struct Reserved<'a> {
+    window: Option<&'a Window>,
+}
+
+impl Reserved<'_> {
+    /// The request is queued on the socket: its place comes back with the server's credit.
+    fn sent(mut self) {
+        self.window = None;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        // Not sent (failed, or the sending future was dropped): give the place back. Should
+        // the crate have queued it after all, the server's credit for it is ignored (credits
+        // never exceed what is in flight).
+        if let Some(window) = self.window.take() {
+            window.credit(1);
+        }
     }
 }
 
@@ -119,10 +144,10 @@ impl Link {
     /// connection's high-water mark. A timeout is a `MessagingTimeout` (the connection stays
     /// usable); a connection lost meanwhile is a `MessageDeliveryFailure`.
     pub(crate) async fn send(&self, frames: ZmqMessage, deadline: Option<Instant>) -> Result<()> {
-        if let Some(window) = &self.window {
-            tokio::select! {
+        let reserved = match &self.window {
+            Some(window) => tokio::select! {
                 biased;
-                reserved = window.reserve(&self.endpoint, deadline) => reserved?,
+                reserved = window.reserve(&self.endpoint, deadline) => Some(reserved?),
                 _ = self.lost() => {
                     self.alive.store(false, Ordering::SeqCst);
                     return Err(Error::MessageDeliveryFailure {
@@ -130,16 +155,25 @@ impl Link {
                         retryable: true,
                     });
                 }
+            },
+            None => None,
+        };
+        let result = self.sender.lock().await.send(frames).await;
+        match result {
+            Ok(()) => {
+                if let Some(reserved) = reserved {
+                    reserved.sent();
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.alive.store(false, Ordering::SeqCst);
+                Err(Error::MessageDeliveryFailure {
+                    message: format!("send to {} failed: {err}", self.endpoint),
+                    retryable: true,
+                })
             }
         }
-        let result = self.sender.lock().await.send(frames).await;
-        result.map_err(|err| {
-            self.alive.store(false, Ordering::SeqCst);
-            Error::MessageDeliveryFailure {
-                message: format!("send to {} failed: {err}", self.endpoint),
-                retryable: true,
-            }
-        })
     }
 
     /// Requests in flight on this connection (0 without a window).
@@ -399,5 +433,45 @@ impl Connections {
         for reader in self.readers.lock().expect("reader list poisoned").drain(..) {
             reader.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(limit: usize) -> Window {
+        Window {
+            room: Semaphore::new(limit),
+            in_flight: AtomicUsize::new(0),
+            counters: Arc::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn places_come_back_by_credit_or_when_not_sent() {
+        let window = window(2);
+        let first = window.reserve("e", None).await.unwrap();
+        let second = window.reserve("e", None).await.unwrap();
+        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (2, 0));
+        let deadline = Some(Instant::now() + Duration::from_secs(1));
+        assert!(
+            matches!(window.reserve("e", deadline).await, Err(Error::MessagingTimeout { .. })),
+            "full"
+        );
+        assert_eq!(
+            window.counters.waiting.load(Ordering::SeqCst),
+            0,
+            "the timed-out wait is not counted"
+        );
+        // Dropped before it was sent (failed, or the sender cancelled): its place comes back.
+        drop(second);
+        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (1, 1));
+        // Sent: its place comes back with the server's credit, and never more than in flight.
+        first.sent();
+        assert_eq!(window.in_flight.load(Ordering::SeqCst), 1);
+        window.credit(5);
+        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (0, 2));
+        assert_eq!(window.counters.peak_in_flight.load(Ordering::SeqCst), 2);
     }
 }

@@ -369,3 +369,46 @@ fn zmq_hwm_is_read_from_the_url_and_driver_options() {
     let url = TransportUrl::parse("zmq+dummy://").unwrap();
     assert_eq!(ZmqDriver::new(&url, &config).unwrap().config().zmq_hwm, 0);
 }
+
+/// Sends dropped at any point (waiting for room, for the socket, or while queueing) never
+/// keep a place: once the server has taken everything, nothing is in flight and the window
+/// is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_sends_give_their_place_back() {
+    common::init_tracing();
+    const HWM: usize = 8;
+    let url = dummy_url("hwm-cancel", &[("zmq_hwm", &HWM.to_string()), ("zmq_use_ipc", "false")]);
+    let topic = common::unique("hwm-cancel");
+    let server = gated_server(&url, &topic, 4).await;
+    server.gate.send(true).unwrap();
+    let (driver, transport) = driver_and_transport(&url);
+    let client = RpcClient::new(transport, Target::new(&topic));
+    let payload = "y".repeat(16 * 1024);
+    for round in 0..60u64 {
+        let casts = (0..50u64).map(|i| {
+            let (client, payload) = (client.clone(), payload.clone());
+            tokio::spawn(async move {
+                let ctxt = context(json!({}));
+                let cast = client.cast(&ctxt, "record", json!({"value": round * 50 + i, "pad": payload}));
+                let _ = tokio::time::timeout(Duration::from_micros(20 + (i * 53 + round * 17) % 600), cast).await;
+            })
+        });
+        for cast in futures::future::join_all(casts).await {
+            cast.unwrap();
+        }
+    }
+    eventually("nothing left in flight", || driver.flow_stats().in_flight == 0).await;
+    assert!(driver.flow_stats().peak_in_flight <= HWM);
+    // The whole window is usable: HWM + 1 casts while the server holds none back.
+    tokio::time::timeout(WAIT, async {
+        for value in 0..=HWM as u64 {
+            client
+                .cast(&context(json!({})), "record", json!({"value": 10_000 + value}))
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("the window is whole");
+    server.server.shutdown().await;
+}
