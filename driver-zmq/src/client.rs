@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, Result};
-use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
+use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use zeromq::{DealerSendHalf, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
@@ -19,14 +19,18 @@ use crate::frames::{self, Response};
 /// How long a server address that could not be reached is tried last.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 
-/// Flow-control counters of a driver's connections (see `zmq_hwm` and
+/// Flow-control counters of a driver's connections (see `zmq_hwm`, `zmq_hwm_bytes` and
 /// [`ZmqDriver::flow_stats`](crate::ZmqDriver::flow_stats)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowStats {
     /// Requests sent on the open connections and not yet taken by their servers.
     pub in_flight: usize,
+    /// Their bytes (each request's frames, capped at `zmq_hwm_bytes`).
+    pub in_flight_bytes: usize,
     /// The most requests that were ever in flight on one connection of this driver.
     pub peak_in_flight: usize,
+    /// The most bytes that were ever in flight on one connection of this driver.
+    pub peak_in_flight_bytes: usize,
     /// Sends waiting for room right now.
     pub waiting: usize,
 }
@@ -35,65 +39,117 @@ pub struct FlowStats {
 #[derive(Debug, Default)]
 struct FlowCounters {
     peak_in_flight: AtomicUsize,
+    peak_in_flight_bytes: AtomicUsize,
     waiting: AtomicUsize,
 }
 
-/// The high-water mark of one connection: `limit` permits, one taken by every request sent
-/// and given back by the server's credits.
+/// The high-water marks of one connection: a permit per request and per byte (each `None`
+/// when not limited), taken by every request sent and given back by the server's credits.
 struct Window {
-    room: Semaphore,
+    limits: frames::Limits,
+    messages: Option<Semaphore>,
+    bytes: Option<Semaphore>,
     in_flight: AtomicUsize,
+    in_flight_bytes: AtomicUsize,
     counters: Arc<FlowCounters>,
 }
 
 impl Window {
-    /// Take one permit, waiting for room until `deadline`. The place is given back when the
-    /// returned [`Reserved`] is dropped before [`Reserved::sent`] (the send failed or was
-    /// cancelled).
-    async fn reserve(&self, endpoint: &str, deadline: Option<Instant>) -> Result<Reserved<'_>> {
-        let permit = match self.room.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-                let _waiting = Decrement(&self.counters.waiting);
-                let acquire = self.room.acquire();
-                let acquired = match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.map_err(|_| {
-                        Error::timeout(format!(
-                            "timed out waiting for room to send to {endpoint}: the server has not taken the requests already sent (zmq_hwm)"
-                        ))
-                    })?,
-                    None => acquire.await,
-                };
-                acquired.expect("window semaphore never closed")
-            }
-        };
-        // Given back by a credit, not by a drop.
-        permit.forget();
-        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        self.counters.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
-        Ok(Reserved { window: Some(self) })
+    fn new(limits: frames::Limits, counters: Arc<FlowCounters>) -> Self {
+        Window {
+            limits,
+            messages: (limits.messages > 0).then(|| Semaphore::new(limits.messages)),
+            bytes: (limits.bytes > 0).then(|| Semaphore::new(limits.bytes)),
+            in_flight: AtomicUsize::new(0),
+            in_flight_bytes: AtomicUsize::new(0),
+            counters,
+        }
     }
 
-    /// The server took `count` more requests: give their room back (never more than was
-    /// taken, whatever a peer claims).
-    fn credit(&self, count: usize) {
-        let mut taken = 0;
-        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_flight| {
-            taken = count.min(in_flight);
-            Some(in_flight - taken)
-        });
-        self.room.add_permits(taken);
+    /// Take room for a request of `size` bytes, waiting for it until `deadline`. The room is
+    /// given back when the returned [`Reserved`] is dropped before [`Reserved::sent`] (the send
+    /// failed or was cancelled).
+    async fn reserve(&self, endpoint: &str, size: usize, deadline: Option<Instant>) -> Result<Reserved<'_>> {
+        let weight = self.limits.weight(size);
+        let message = match &self.messages {
+            Some(room) => Some(self.acquire(room, 1, endpoint, deadline).await?),
+            None => None,
+        };
+        let bytes = match &self.bytes {
+            // The weight is at most the limit, which is at most u32::MAX (zmq_hwm_bytes).
+            Some(room) => Some(self.acquire(room, weight as u32, endpoint, deadline).await?),
+            None => None,
+        };
+        // Given back by a credit, not by a drop.
+        message.into_iter().chain(bytes).for_each(SemaphorePermit::forget);
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let in_flight_bytes = self.in_flight_bytes.fetch_add(weight, Ordering::AcqRel) + weight;
+        self.counters.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+        self.counters.peak_in_flight_bytes.fetch_max(in_flight_bytes, Ordering::Relaxed);
+        Ok(Reserved {
+            window: Some(self),
+            weight,
+        })
+    }
+
+    async fn acquire<'a>(
+        &self,
+        room: &'a Semaphore,
+        permits: u32,
+        endpoint: &str,
+        deadline: Option<Instant>,
+    ) -> Result<SemaphorePermit<'a>> {
+        if let Ok(permit) = room.try_acquire_many(permits) {
+            return Ok(permit);
+        }
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Decrement(&self.counters.waiting);
+        let acquire = room.acquire_many(permits);
+        let acquired = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.map_err(|_| {
+                Error::timeout(format!(
+                    "timed out waiting for room to send to {endpoint}: the server has not taken the requests already sent (zmq_hwm, zmq_hwm_bytes)"
+                ))
+            })?,
+            None => acquire.await,
+        };
+        Ok(acquired.expect("window semaphore never closed"))
+    }
+
+    /// The server took `messages` more requests weighing `bytes`: give their room back (never
+    /// more than is in flight, whatever a peer claims).
+    fn credit(&self, messages: usize, bytes: usize) {
+        if let Some(room) = &self.messages {
+            room.add_permits(take_at_most(&self.in_flight, messages));
+        } else {
+            take_at_most(&self.in_flight, messages);
+        }
+        if let Some(room) = &self.bytes {
+            room.add_permits(take_at_most(&self.in_flight_bytes, bytes));
+        } else {
+            take_at_most(&self.in_flight_bytes, bytes);
+        }
     }
 }
 
-/// A place taken in a [`Window`] for a request about to be sent.
+/// Subtract up to `wanted` from `counter` (not below 0); returns what was subtracted.
+fn take_at_most(counter: &AtomicUsize, wanted: usize) -> usize {
+    let mut taken = 0;
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |value| {
+        taken = wanted.min(value);
+        Some(value - taken)
+    });
+    taken
+}
+
+/// Room taken in a [`Window`] for a request about to be sent.
 struct Reserved<'a> {
     window: Option<&'a Window>,
+    weight: usize,
 }
 
 impl Reserved<'_> {
-    /// The request is queued on the socket: its place comes back with the server's credit.
+    /// The request is queued on the socket: its room comes back with the server's credit.
     fn sent(mut self) {
         self.window = None;
     }
@@ -101,11 +157,11 @@ impl Reserved<'_> {
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        // Not sent (failed, or the sending future was dropped): give the place back. Should
+        // Not sent (failed, or the sending future was dropped): give the room back. Should
         // the crate have queued it after all, the server's credit for it is ignored (credits
         // never exceed what is in flight).
         if let Some(window) = self.window.take() {
-            window.credit(1);
+            window.credit(1, self.weight);
         }
     }
 }
@@ -126,7 +182,7 @@ pub(crate) struct Link {
     alive: AtomicBool,
     /// Becomes true when the connection is lost: calls waiting on it fail at once.
     closed: watch::Receiver<bool>,
-    /// `Some` when the server sends credits (and `zmq_hwm` is not 0).
+    /// `Some` when the server sends credits (and `zmq_hwm` or `zmq_hwm_bytes` is not 0).
     window: Option<Arc<Window>>,
 }
 
@@ -147,7 +203,7 @@ impl Link {
         let reserved = match &self.window {
             Some(window) => tokio::select! {
                 biased;
-                reserved = window.reserve(&self.endpoint, deadline) => Some(reserved?),
+                reserved = window.reserve(&self.endpoint, frames::request_size(&frames), deadline) => Some(reserved?),
                 _ = self.lost() => {
                     self.alive.store(false, Ordering::SeqCst);
                     return Err(Error::MessageDeliveryFailure {
@@ -176,9 +232,14 @@ impl Link {
         }
     }
 
-    /// Requests in flight on this connection (0 without a window).
-    fn in_flight(&self) -> usize {
-        self.window.as_ref().map_or(0, |window| window.in_flight.load(Ordering::Acquire))
+    /// Requests and bytes in flight on this connection (0 without a window).
+    fn in_flight(&self) -> (usize, usize) {
+        self.window.as_ref().map_or((0, 0), |window| {
+            (
+                window.in_flight.load(Ordering::Acquire),
+                window.in_flight_bytes.load(Ordering::Acquire),
+            )
+        })
     }
 
     /// Resolves once the connection is lost.
@@ -206,13 +267,13 @@ pub(crate) struct Connections {
     ipc: Option<(String, PathBuf)>,
     /// The reader tasks (aborted on cleanup).
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// `zmq_hwm`: requests in flight per connection, 0 = no limit.
-    hwm: usize,
+    /// `zmq_hwm` and `zmq_hwm_bytes`: what may be in flight per connection.
+    limits: frames::Limits,
     counters: Arc<FlowCounters>,
 }
 
 impl Connections {
-    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>, hwm: usize) -> Self {
+    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>, limits: frames::Limits) -> Self {
         Connections {
             live: RwLock::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
@@ -221,23 +282,25 @@ impl Connections {
             connect_timeout,
             ipc,
             readers: Mutex::new(Vec::new()),
-            hwm,
+            limits,
             counters: Arc::default(),
         }
     }
 
     /// The flow-control counters of the live connections.
     pub(crate) fn flow_stats(&self) -> FlowStats {
-        let in_flight = self
+        let (in_flight, in_flight_bytes) = self
             .live
             .read()
             .expect("live table poisoned")
             .values()
             .map(|link| link.in_flight())
-            .sum();
+            .fold((0, 0), |(messages, bytes), (m, b)| (messages + m, bytes + b));
         FlowStats {
             in_flight,
+            in_flight_bytes,
             peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+            peak_in_flight_bytes: self.counters.peak_in_flight_bytes.load(Ordering::Relaxed),
             waiting: self.counters.waiting.load(Ordering::Relaxed),
         }
     }
@@ -340,9 +403,9 @@ impl Connections {
         let mut options = SocketOptions::default();
         // Bounded again below; the crate's own limit is a backstop.
         options.connect_timeout(limit + Duration::from_millis(100));
-        if self.hwm > 0 {
-            // Tells the server to send credits, and the window it credits against.
-            let identity = frames::client_identity(self.hwm).try_into().expect("identity below 255 bytes");
+        if self.limits.any() {
+            // Tells the server to send credits, and the limits it credits against.
+            let identity = frames::client_identity(self.limits).try_into().expect("identity below 255 bytes");
             options.peer_identity(identity);
         }
         let mut socket = zeromq::DealerSocket::with_options(options);
@@ -375,14 +438,8 @@ impl Connections {
             })
             .unwrap_or(false);
         drop(monitor);
-        let window = (self.hwm > 0 && server_sends_credits).then(|| {
-            Arc::new(Window {
-                room: Semaphore::new(self.hwm),
-                in_flight: AtomicUsize::new(0),
-                counters: self.counters.clone(),
-            })
-        });
-        if self.hwm > 0 && window.is_none() {
+        let window = (self.limits.any() && server_sends_credits).then(|| Arc::new(Window::new(self.limits, self.counters.clone())));
+        if self.limits.any() && window.is_none() {
             tracing::info!(%endpoint, "the server sends no flow-control credits (an older version?): no high-water mark on this connection");
         }
         tracing::debug!(%endpoint, flow_control = window.is_some(), "connected");
@@ -406,9 +463,9 @@ impl Connections {
                         Ok(Response::Heartbeat(message_id)) => {
                             waiters.deliver(oslo_core::codec::Reply::heartbeat(message_id));
                         }
-                        Ok(Response::Credit(count)) => match &window {
-                            Some(window) => window.credit(count),
-                            None => tracing::debug!(%endpoint, count, "credit on a connection without a window; ignored"),
+                        Ok(Response::Credit { messages, bytes }) => match &window {
+                            Some(window) => window.credit(messages, bytes),
+                            None => tracing::debug!(%endpoint, messages, "credit on a connection without a window; ignored"),
                         },
                         Err(err) => tracing::warn!(%endpoint, error = %err, "dropping a malformed reply"),
                     },
@@ -440,23 +497,26 @@ impl Connections {
 mod tests {
     use super::*;
 
-    fn window(limit: usize) -> Window {
-        Window {
-            room: Semaphore::new(limit),
-            in_flight: AtomicUsize::new(0),
-            counters: Arc::default(),
-        }
+    fn window(messages: usize, bytes: usize) -> Window {
+        Window::new(frames::Limits { messages, bytes }, Arc::default())
+    }
+
+    fn in_flight(window: &Window) -> (usize, usize) {
+        (
+            window.in_flight.load(Ordering::SeqCst),
+            window.in_flight_bytes.load(Ordering::SeqCst),
+        )
     }
 
     #[tokio::test(start_paused = true)]
-    async fn places_come_back_by_credit_or_when_not_sent() {
-        let window = window(2);
-        let first = window.reserve("e", None).await.unwrap();
-        let second = window.reserve("e", None).await.unwrap();
-        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (2, 0));
+    async fn room_comes_back_by_credit_or_when_not_sent() {
+        let window = window(2, 0);
+        let first = window.reserve("e", 10, None).await.unwrap();
+        let second = window.reserve("e", 10, None).await.unwrap();
+        assert_eq!(in_flight(&window), (2, 20));
         let deadline = Some(Instant::now() + Duration::from_secs(1));
         assert!(
-            matches!(window.reserve("e", deadline).await, Err(Error::MessagingTimeout { .. })),
+            matches!(window.reserve("e", 10, deadline).await, Err(Error::MessagingTimeout { .. })),
             "full"
         );
         assert_eq!(
@@ -464,14 +524,38 @@ mod tests {
             0,
             "the timed-out wait is not counted"
         );
-        // Dropped before it was sent (failed, or the sender cancelled): its place comes back.
+        // Dropped before it was sent (failed, or the sender cancelled): its room comes back.
         drop(second);
-        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (1, 1));
-        // Sent: its place comes back with the server's credit, and never more than in flight.
+        assert_eq!(in_flight(&window), (1, 10));
+        assert_eq!(window.messages.as_ref().unwrap().available_permits(), 1);
+        // Sent: its room comes back with the server's credit, and never more than in flight.
         first.sent();
-        assert_eq!(window.in_flight.load(Ordering::SeqCst), 1);
-        window.credit(5);
-        assert_eq!((window.in_flight.load(Ordering::SeqCst), window.room.available_permits()), (0, 2));
+        assert_eq!(in_flight(&window), (1, 10));
+        window.credit(5, 500);
+        assert_eq!(in_flight(&window), (0, 0));
+        assert_eq!(window.messages.as_ref().unwrap().available_permits(), 2);
         assert_eq!(window.counters.peak_in_flight.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_are_limited_too_and_a_big_request_goes_alone() {
+        let window = window(0, 100);
+        let small = window.reserve("e", 60, None).await.unwrap();
+        small.sent();
+        let deadline = Some(Instant::now() + Duration::from_secs(1));
+        assert!(
+            matches!(window.reserve("e", 60, deadline).await, Err(Error::MessagingTimeout { .. })),
+            "60 + 60 bytes > 100"
+        );
+        window.reserve("e", 40, None).await.unwrap().sent();
+        assert_eq!(in_flight(&window), (2, 100));
+        window.credit(2, 100);
+        // Bigger than the limit: counts as the whole limit, so it goes when nothing else is out.
+        window.reserve("e", 1_000_000, None).await.unwrap().sent();
+        assert_eq!(in_flight(&window), (1, 100));
+        assert_eq!(window.counters.peak_in_flight_bytes.load(Ordering::SeqCst), 100);
+        assert!(window.reserve("e", 1, deadline).await.is_err(), "full");
+        window.credit(1, 100);
+        assert_eq!(window.bytes.as_ref().unwrap().available_permits(), 100);
     }
 }

@@ -17,6 +17,12 @@ pub const DEFAULT_HWM: usize = 1000;
 /// The largest `zmq_hwm` accepted (a window the server side can still count per peer).
 pub const MAX_HWM: usize = 1_000_000;
 
+/// The default of `zmq_hwm_bytes`: bytes of requests in flight per connection (4 MiB).
+pub const DEFAULT_HWM_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest `zmq_hwm_bytes` accepted (4 GiB - 1).
+pub const MAX_HWM_BYTES: usize = u32::MAX as usize;
+
 /// Which matchmaker finds the servers of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchmakerKind {
@@ -73,6 +79,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "zmq_use_ipc",
     "matchmaker_key_prefix",
     "zmq_hwm",
+    "zmq_hwm_bytes",
 ];
 
 /// The ZeroMQ driver's options, with oslo's names and defaults.
@@ -127,6 +134,10 @@ pub struct ZmqConfig {
     /// Needs a server of this driver version (see the crate docs, "Flow control"); oslo 8.1.4
     /// had no such option.
     pub zmq_hwm: usize,
+    /// The same in bytes of request frames (ours: 4 MiB; 0 = none), so that big messages do
+    /// not make `zmq_hwm` a lot of memory. A request bigger than this waits until nothing else
+    /// is in flight on its connection, then goes alone.
+    pub zmq_hwm_bytes: usize,
     /// Redis connect and command timeout (`socket_timeout`, 10000 ms).
     pub redis_socket_timeout: Duration,
     /// Redis host when the URL names none (`[matchmaker_redis] host`, `127.0.0.1`).
@@ -274,6 +285,15 @@ impl ZmqConfig {
                 hwm if (0..=MAX_HWM as i64).contains(&hwm) => hwm as usize,
                 hwm => return Err(Error::configuration("zmq_hwm", format!("{hwm} is out of range (0..={MAX_HWM})"))),
             },
+            zmq_hwm_bytes: match int("zmq_hwm_bytes", DEFAULT_HWM_BYTES as i64)? {
+                hwm if (0..=MAX_HWM_BYTES as i64).contains(&hwm) => hwm as usize,
+                hwm => {
+                    return Err(Error::configuration(
+                        "zmq_hwm_bytes",
+                        format!("{hwm} is out of range (0..={MAX_HWM_BYTES})"),
+                    ))
+                }
+            },
             redis_socket_timeout: millis("socket_timeout", 10_000)?,
             redis_host: get("host").unwrap_or_else(|| "127.0.0.1".into()),
             redis_port: u16::try_from(redis_port).map_err(|_| Error::configuration("port", format!("{redis_port} is not a port")))?,
@@ -337,6 +357,8 @@ mod tests {
         assert_eq!(c.zmq_hwm, DEFAULT_HWM);
         assert_eq!(config("zmq://?zmq_hwm=0").unwrap().zmq_hwm, 0, "0 = no high-water mark");
         assert_eq!(config("zmq://?zmq_hwm=7").unwrap().zmq_hwm, 7);
+        assert_eq!(c.zmq_hwm_bytes, DEFAULT_HWM_BYTES);
+        assert_eq!(config("zmq://?zmq_hwm_bytes=0").unwrap().zmq_hwm_bytes, 0);
     }
 
     #[test]
@@ -362,6 +384,8 @@ mod tests {
             "zmq+dummy://?zmq_hwm=-1",
             "zmq+dummy://?zmq_hwm=lots",
             "zmq+dummy://?zmq_hwm=1000001",
+            "zmq+dummy://?zmq_hwm_bytes=-5",
+            "zmq+dummy://?zmq_hwm_bytes=4294967296",
         ] {
             let err = config(url).expect_err(url);
             assert!(matches!(err, Error::Configuration { .. }), "{url}: {err}");

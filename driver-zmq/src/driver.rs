@@ -47,7 +47,11 @@ impl ZmqDriver {
         let ipc = config
             .zmq_use_ipc
             .then(|| (config.rpc_zmq_host.clone(), config.rpc_zmq_ipc_dir.clone()));
-        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc, config.zmq_hwm);
+        let limits = frames::Limits {
+            messages: config.zmq_hwm,
+            bytes: config.zmq_hwm_bytes,
+        };
+        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc, limits);
         Ok(ZmqDriver {
             config,
             control_exchange: transport.control_exchange.clone(),
@@ -71,9 +75,10 @@ impl ZmqDriver {
         &self.config
     }
 
-    /// The flow-control counters of this driver's connections: requests in flight (sent and
-    /// not yet taken by their servers), the most ever in flight on one connection (never
-    /// above `zmq_hwm` when the servers send credits), and the sends waiting for room.
+    /// The flow-control counters of this driver's connections: requests (and their bytes) in
+    /// flight, i.e. sent and not yet taken by their servers; the most ever in flight on one
+    /// connection (never above `zmq_hwm` / `zmq_hwm_bytes` when the servers send credits);
+    /// and the sends waiting for room.
     pub fn flow_stats(&self) -> FlowStats {
         self.connections.flow_stats()
     }

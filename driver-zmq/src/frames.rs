@@ -7,11 +7,11 @@
 //! * call-monitor heartbeat, ROUTER → DEALER: `[b"", b"1.0", b"6", <message id>]` (oslo's ACK
 //!   type, "the server has the message": here it restarts the caller's monitor timer).
 //!
-//! * flow-control credit, ROUTER → DEALER: `[b"", b"1.0", b"7", <count>]` (this driver's own
-//!   type, not oslo's): the server has taken `<count>` (decimal) more requests from this
-//!   connection. Sent only to DEALERs whose identity says they count credits (see
-//!   [`client_identity`]), so DEALERs that do not (older versions of this driver, raw
-//!   clients) never see one.
+//! * flow-control credit, ROUTER → DEALER: `[b"", b"1.0", b"7", <messages>, <bytes>]` (this
+//!   driver's own type, not oslo's): the server has taken `<messages>` more requests from this
+//!   connection, of `<bytes>` bytes of frames (decimal; see [`Limits::weight`]). Sent only to
+//!   DEALERs whose identity says they count credits (see [`client_identity`]), so DEALERs that
+//!   do not (older versions of this driver, raw clients) never see one.
 //!
 //! `message` is the oslo message dict (`method`, `args`, `namespace`, `version`, or a
 //! notification's fields) plus `_unique_id` and, for calls with a call-monitor timeout,
@@ -152,14 +152,47 @@ pub fn reply(peer: Bytes, message_id: &Bytes, payload: Option<Bytes>) -> ZmqMess
     frames
 }
 
-/// The frames of a flow-control credit for `count` requests taken, as a ROUTER sends them to
-/// the DEALER whose identity is `peer`.
-pub fn credit(peer: Bytes, count: usize) -> ZmqMessage {
+/// What a client may have in flight on one connection (sent and not yet taken by the
+/// server): `messages` requests and `bytes` bytes of request frames; 0 = no limit on that count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Requests (`zmq_hwm`).
+    pub messages: usize,
+    /// Bytes of request frames (`zmq_hwm_bytes`).
+    pub bytes: usize,
+}
+
+impl Limits {
+    /// Whether anything is limited (then the client counts credits).
+    pub fn any(&self) -> bool {
+        self.messages > 0 || self.bytes > 0
+    }
+
+    /// What a request of `size` bytes counts for in the byte window, on both ends: its size,
+    /// capped at the byte limit (a bigger request waits for an empty window and goes alone).
+    pub fn weight(&self, size: usize) -> usize {
+        match self.bytes {
+            0 => size,
+            limit => size.min(limit),
+        }
+    }
+}
+
+/// The size of a request as counted for flow control: the bytes of its frames, as the DEALER
+/// sends them (the ROUTER's identity frame excluded).
+pub fn request_size(frames: &ZmqMessage) -> usize {
+    frames.iter().map(Bytes::len).sum()
+}
+
+/// The frames of a flow-control credit, as a ROUTER sends them to the DEALER whose identity is
+/// `peer`: `messages` more requests taken, weighing `bytes` (see [`Limits::weight`]).
+pub fn credit(peer: Bytes, messages: usize, bytes: usize) -> ZmqMessage {
     let mut frames = ZmqMessage::from(peer);
     frames.push_back(Bytes::new());
     frames.push_back(Bytes::from_static(VERSION));
     frames.push_back(Bytes::from_static(MessageType::Credit.frame()));
-    frames.push_back(Bytes::from(count.to_string()));
+    frames.push_back(Bytes::from(messages.to_string()));
+    frames.push_back(Bytes::from(bytes.to_string()));
     frames
 }
 
@@ -167,12 +200,12 @@ pub fn credit(peer: Bytes, count: usize) -> ZmqMessage {
 /// handshake, invisible to the messages), that they use flow-control credits.
 pub const FLOW_CONTROL_MARK: &[u8] = b"oslo-hwm1/";
 
-/// The identity of a DEALER that keeps at most `window` requests in flight and counts the
-/// server's credits: `oslo-hwm1/<window>/<random>`. It tells the server how many requests
-/// it may hold back before crediting (it credits at a quarter of the window at the latest).
-pub fn client_identity(window: usize) -> Bytes {
+/// The identity of a DEALER that keeps its requests in flight within `limits` and counts the
+/// server's credits: `oslo-hwm1/<messages>/<bytes>/<random>`. It tells the server how much it
+/// may take before crediting (a quarter of either limit at the latest).
+pub fn client_identity(limits: Limits) -> Bytes {
     let mut identity = FLOW_CONTROL_MARK.to_vec();
-    identity.extend_from_slice(format!("{window}/{}", uuid::Uuid::new_v4().simple()).as_bytes());
+    identity.extend_from_slice(format!("{}/{}/{}", limits.messages, limits.bytes, uuid::Uuid::new_v4().simple()).as_bytes());
     Bytes::from(identity)
 }
 
@@ -183,11 +216,15 @@ pub fn server_identity() -> Bytes {
     Bytes::from(identity)
 }
 
-/// The window a DEALER announced in its identity, if it counts credits.
-pub fn client_window(identity: &[u8]) -> Option<usize> {
-    let rest = identity.strip_prefix(FLOW_CONTROL_MARK)?;
-    let window = std::str::from_utf8(rest.split(|b| *b == b'/').next()?).ok()?;
-    window.parse().ok().filter(|window| *window > 0)
+/// The limits a DEALER announced in its identity, if it counts credits.
+pub fn client_limits(identity: &[u8]) -> Option<Limits> {
+    let mut parts = identity.strip_prefix(FLOW_CONTROL_MARK)?.split(|b| *b == b'/');
+    let mut number = || -> Option<usize> { std::str::from_utf8(parts.next()?).ok()?.parse().ok() };
+    let limits = Limits {
+        messages: number()?,
+        bytes: number()?,
+    };
+    limits.any().then_some(limits)
 }
 
 /// Whether a ROUTER's identity says that it sends credits.
@@ -279,23 +316,28 @@ pub enum Response {
     Reply(Box<oslo_core::codec::Reply>),
     /// A heartbeat for `message_id`.
     Heartbeat(String),
-    /// A flow-control credit: the server took this many more requests.
-    Credit(usize),
+    /// A flow-control credit: the server took this many more requests, of this weight.
+    Credit {
+        /// Requests taken.
+        messages: usize,
+        /// Their weight in bytes ([`Limits::weight`]).
+        bytes: usize,
+    },
 }
 
 /// Decode what a DEALER received: `[b"", b"1.0", b"5", id, payload]`, `[b"", b"1.0", b"6", id]`
-/// or `[b"", b"1.0", b"7", count]`.
+/// or `[b"", b"1.0", b"7", messages, bytes]`.
 pub fn decode_response(frames: ZmqMessage) -> Result<Response> {
     let frames = frames.into_vec();
     if frames.len() < 4 || !frames[0].is_empty() || frames[1].as_ref() != VERSION {
         return Err(Error::invalid_message("reply does not start with [\"\", \"1.0\"]"));
     }
-    if frames.len() == 4 && MessageType::parse(&frames[2]) == Some(MessageType::Credit) {
-        return std::str::from_utf8(&frames[3])
-            .ok()
-            .and_then(|count| count.parse().ok())
-            .map(Response::Credit)
-            .ok_or_else(|| Error::invalid_message("credit count is not a decimal number"));
+    if frames.len() == 5 && MessageType::parse(&frames[2]) == Some(MessageType::Credit) {
+        let number = |frame: &Bytes| std::str::from_utf8(frame).ok().and_then(|n| n.parse().ok());
+        return match (number(&frames[3]), number(&frames[4])) {
+            (Some(messages), Some(bytes)) => Ok(Response::Credit { messages, bytes }),
+            _ => Err(Error::invalid_message("credit counts are not decimal numbers")),
+        };
     }
     let message_id = std::str::from_utf8(&frames[3])
         .map_err(|_| Error::invalid_message("message id is not UTF-8"))?
@@ -397,38 +439,55 @@ mod tests {
 
     #[test]
     fn credits_and_flow_control_identities() {
-        let (peer, frames) = strip_peer(credit(Bytes::from_static(b"peer"), 250));
+        let (peer, frames) = strip_peer(credit(Bytes::from_static(b"peer"), 250, 65536));
         assert_eq!(&peer[..], b"peer");
         let parts = frames.clone().into_vec();
-        assert_eq!(
-            parts,
-            vec![
-                Bytes::new(),
-                Bytes::from_static(b"1.0"),
-                Bytes::from_static(b"7"),
-                Bytes::from_static(b"250")
-            ]
-        );
-        assert!(matches!(decode_response(frames).unwrap(), Response::Credit(250)));
-        let bad = ZmqMessage::try_from(vec![
-            Bytes::new(),
-            Bytes::from_static(b"1.0"),
-            Bytes::from_static(b"7"),
-            Bytes::from_static(b"-1"),
-        ])
+        let expected: Vec<&[u8]> = vec![b"", b"1.0", b"7", b"250", b"65536"];
+        assert_eq!(parts, expected.into_iter().map(Bytes::from_static).collect::<Vec<_>>());
+        assert!(matches!(
+            decode_response(frames).unwrap(),
+            Response::Credit {
+                messages: 250,
+                bytes: 65536
+            }
+        ));
+        let bad = ZmqMessage::try_from(
+            [&b""[..], b"1.0", b"7", b"-1", b"0"]
+                .into_iter()
+                .map(Bytes::copy_from_slice)
+                .collect::<Vec<_>>(),
+        )
         .unwrap();
         assert!(matches!(decode_response(bad), Err(Error::InvalidMessage { .. })));
 
-        let client = client_identity(1000);
-        assert!(client.starts_with(b"oslo-hwm1/1000/"), "{client:?}");
+        let limits = Limits {
+            messages: 1000,
+            bytes: 4096,
+        };
+        let client = client_identity(limits);
+        assert!(client.starts_with(b"oslo-hwm1/1000/4096/"), "{client:?}");
         assert!(client.len() <= 255, "a ZMTP identity is at most 255 bytes");
-        assert_ne!(client, client_identity(1000), "unique per connection");
-        assert_eq!(client_window(&client), Some(1000));
-        assert_eq!(client_window(&client_identity(0)), None);
-        assert_eq!(client_window(uuid::Uuid::new_v4().as_bytes()), None, "the crate's random identity");
-        assert_eq!(client_window(b"oslo-hwm1/x/y"), None);
+        assert_ne!(client, client_identity(limits), "unique per connection");
+        assert_eq!(client_limits(&client), Some(limits));
+        assert_eq!(
+            client_limits(&client_identity(Limits { messages: 0, bytes: 10 })),
+            Some(Limits { messages: 0, bytes: 10 })
+        );
+        assert_eq!(client_limits(&client_identity(Limits::default())), None, "nothing limited");
+        assert_eq!(client_limits(uuid::Uuid::new_v4().as_bytes()), None, "the crate's random identity");
+        assert_eq!(client_limits(b"oslo-hwm1/x/1/y"), None);
+        assert_eq!(client_limits(b"oslo-hwm1/5"), None);
         assert!(sends_credits(&server_identity()));
         assert!(!sends_credits(uuid::Uuid::new_v4().as_bytes()));
+
+        assert_eq!((limits.weight(100), limits.weight(10_000)), (100, 4096), "capped at the byte limit");
+        assert_eq!(Limits { messages: 5, bytes: 0 }.weight(10_000), 10_000);
+        let request = request(MessageType::Cast, "mid", Bytes::from_static(b"[{},{}]"));
+        assert_eq!(
+            request_size(&request),
+            3 + 1 + 3 + 7,
+            "every frame the DEALER sends: \"\", 1.0, 2, mid, payload"
+        );
     }
 
     #[test]

@@ -57,15 +57,18 @@
 //!   than its timeout; a call whose connection is lost before the reply fails at once with
 //!   `MessageDeliveryFailure`.
 //! * Call-monitor heartbeats are oslo's ACK frames (see [`frames`]).
-//! * Every connection has a high-water mark, `zmq_hwm` (see [Flow control](#flow-control)).
+//! * Every connection has high-water marks, `zmq_hwm` and `zmq_hwm_bytes` (see
+//!   [Flow control](#flow-control)).
 //!
 //! # Flow control
 //!
-//! The zeromq crate has no configurable high-water mark, so the driver keeps one itself, per
+//! The zeromq crate has no configurable high-water mark, so the driver keeps its own, per
 //! connection (one client DEALER to one server ROUTER):
 //!
-//! * A client has at most `zmq_hwm` (1000; `0` = no limit) requests — calls, casts, fanout
-//!   copies, notifications — sent to one server and not yet *taken* by it. A further send to
+//! * A client has at most `zmq_hwm` (1000) requests — calls, casts, fanout copies,
+//!   notifications — and `zmq_hwm_bytes` (4 MiB) bytes of request frames sent to one server and
+//!   not yet *taken* by it (`0` = no limit on that count; a request bigger than
+//!   `zmq_hwm_bytes` waits until nothing else is in flight, then goes alone). A further send to
 //!   that server **waits for room**: backpressure, not an error. The wait counts against the
 //!   send's timeout (a call's timeout, or `SendOptions::timeout` given to a cast) and fails
 //!   with `MessagingTimeout` when it passes, without reconnecting or failing over (the server
@@ -76,22 +79,22 @@
 //! * A server takes a request only when the RPC server or notification listener has a free
 //!   executor slot, and reads nothing ahead: what it holds is bounded by its executor pool,
 //!   what waits for it by its clients' marks (in their memory and the sockets' buffers).
-//! * The server gives room back with **credits** (`["", "1.0", "7", <count>]`, this driver's
-//!   own frame, see [`frames`]) for the requests it took — malformed and duplicate ones too —
-//!   once a quarter of the client's window is owed, and for everything owed whenever it has
-//!   nothing left to read.
+//! * The server gives room back with **credits** (`["", "1.0", "7", <requests>, <bytes>]`,
+//!   this driver's own frame, see [`frames`]) for the requests it took — malformed and
+//!   duplicate ones too — once a quarter of either of the client's limits is owed, and for
+//!   everything owed whenever it has nothing left to read.
 //! * Both ends announce that they use credits in their ZMTP identity (exchanged in the
 //!   handshake, see [`frames::client_identity`]), so requests, replies and heartbeats are
 //!   unchanged on the wire: a client of an older version (or a raw DEALER) gets no credits,
 //!   and a server of an older version (or a raw ROUTER) gets no mark from a client of this
 //!   one (logged at `info`), as before.
-//! * [`ZmqDriver::flow_stats`] reports the requests in flight, the most ever in flight on one
-//!   connection and the sends waiting for room.
+//! * [`ZmqDriver::flow_stats`] reports the requests and bytes in flight, the most ever in
+//!   flight on one connection and the sends waiting for room.
 //!
-//! Memory is then bounded by `zmq_hwm` × message size per connection: lower `zmq_hwm` for big
-//! messages. oslo 8.1.4 had no high-water-mark option; `zmq_hwm` is this driver's own
-//! (`rpc_zmq_topic_backlog`, oslo's limit of a server-side buffer, is accepted with no effect:
-//! servers buffer nothing of their own).
+//! A client's memory for requests not yet taken is then at most `zmq_hwm_bytes` (or one
+//! bigger request) per server it sends to. oslo 8.1.4 had no high-water-mark option; both are
+//! this driver's own (`rpc_zmq_topic_backlog`, oslo's limit of a server-side buffer, is
+//! accepted with no effect: servers buffer nothing of their own).
 //!
 //! # Wire format
 //!
@@ -101,9 +104,10 @@
 //! DEALER -> ROUTER  ["", "1.0", <type>, <message id>, json([context, message])]
 //! ROUTER -> DEALER  ["", "1.0", "5", <message id>, json([result, failure])]   reply
 //! ROUTER -> DEALER  ["", "1.0", "6", <message id>]                            heartbeat
-//! ROUTER -> DEALER  ["", "1.0", "7", <count>]                                 credit (ours)
+//! ROUTER -> DEALER  ["", "1.0", "7", <requests>, <bytes>]                     credit (ours)
 //! types: CALL=1 CAST=2 CAST_FANOUT=3 NOTIFY=4 REPLY=5 ACK=6, and this driver's CREDIT=7
-//! ZMTP identities: DEALER "oslo-hwm1/<zmq_hwm>/<random>", ROUTER "oslo-hwm1/<random>"
+//! ZMTP identities: DEALER "oslo-hwm1/<zmq_hwm>/<zmq_hwm_bytes>/<random>",
+//!                  ROUTER "oslo-hwm1/<random>"
 //! ```
 //!
 //! `message` is oslo's message dict plus `_unique_id` (and `_timeout` for calls with a
@@ -130,17 +134,17 @@
 //!   described above).
 //! * This driver's own options: `zmq_connect_timeout` (5 s), `zmq_routing_refresh` (how long a
 //!   Redis lookup is reused, 1 s; changes made in this process are seen at once),
-//!   `zmq_use_ipc` (true), `matchmaker_key_prefix` (empty), `zmq_hwm` (1000, see
-//!   [Flow control](#flow-control)).
+//!   `zmq_use_ipc` (true), `matchmaker_key_prefix` (empty), `zmq_hwm` (1000) and
+//!   `zmq_hwm_bytes` (4 MiB, see [Flow control](#flow-control)).
 //!
 //! # Limits of the zeromq crate (0.7), and what this driver does about them
 //!
 //! * **No high-water mark**: the crate queues up to a hard-coded 100,000 messages per peer
-//!   before a send waits, whatever their size. The driver's own mark, `zmq_hwm`, keeps far
-//!   fewer there (see [Flow control](#flow-control)); replies are bounded by the calls
-//!   waiting for them, credits by the requests taken. With `zmq_hwm=0`, or towards a server
-//!   that sends no credits, a client casting faster than a server handles can have up to
-//!   100,000 messages queued per server in its own memory.
+//!   before a send waits, whatever their size. The driver's own marks, `zmq_hwm` and
+//!   `zmq_hwm_bytes`, keep far fewer there (see [Flow control](#flow-control)); replies are
+//!   bounded by the calls waiting for them, credits by the requests taken. With both marks at
+//!   0, or towards a server that sends no credits, a client casting faster than a server
+//!   handles can have up to 100,000 messages queued per server in its own memory.
 //! * **No maximum message size**: a peer can make the crate buffer a message of any size
 //!   before this driver sees it. Expose the ports to trusted peers only.
 //! * **No reconnect interval and no reconnect for DEALER sockets**: a lost connection is
@@ -155,7 +159,8 @@
 //!
 //! Memory the driver holds itself is bounded: the Redis lookup cache (10,000 keys), the
 //! duplicate window ([`oslo_core::codec::DEFAULT_DUPLICATE_WINDOW`], 4096 ids per listener),
-//! one connection per server address with at most `zmq_hwm` requests in flight, the credits
+//! one connection per server address with at most `zmq_hwm` requests and `zmq_hwm_bytes`
+//! bytes in flight, the credits
 //! a listener owes (one count per client), and the calls waiting for replies.
 //!
 //! # Tests
@@ -175,7 +180,7 @@ pub mod matchmaker;
 mod server;
 
 pub use client::FlowStats;
-pub use config::{MatchmakerKind, ZmqConfig, DEFAULT_HWM, GROUP, MAX_HWM, OPTION_NAMES};
+pub use config::{MatchmakerKind, ZmqConfig, DEFAULT_HWM, DEFAULT_HWM_BYTES, GROUP, MAX_HWM, MAX_HWM_BYTES, OPTION_NAMES};
 pub use driver::ZmqDriver;
 
 use oslo_core::DriverRegistry;

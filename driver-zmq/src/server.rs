@@ -15,7 +15,7 @@ use oslo_core::codec::{DuplicateFilter, JsonMap};
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result};
 use serde_json::Value;
 use tokio::sync::Notify;
-use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend};
+use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::config::ZmqConfig;
 use crate::frames::{self, MessageType, Request};
@@ -218,10 +218,10 @@ impl Drop for Registration {
 }
 
 /// The credits a listener owes its clients: every request it takes from a client that
-/// counts credits (its identity announces its window) is credited back, in batches of up to a
-/// quarter of that client's window, and all at once whenever the listener has nothing left to
-/// read. A client therefore never has more than its window sent and not yet taken, and never
-/// waits for a credit the server holds back while idle.
+/// counts credits (its identity announces its limits) is credited back, once a quarter of
+/// either of that client's limits is owed, and all at once whenever the listener has nothing
+/// left to read. A client therefore never has more than its limits sent and not yet taken,
+/// and never waits for a credit the server holds back while idle.
 #[derive(Default)]
 struct Credits {
     state: Mutex<CreditState>,
@@ -231,26 +231,49 @@ struct Credits {
 
 #[derive(Default)]
 struct CreditState {
-    /// Per client identity: requests taken and not credited yet, and the batch size.
-    owed: HashMap<Bytes, (usize, usize)>,
-    /// Credits to send now.
-    due: Vec<(Bytes, usize)>,
+    /// Per client identity: what was taken and not credited yet.
+    owed: HashMap<Bytes, Owed>,
+    /// Credits to send now: (client, requests, bytes).
+    due: Vec<(Bytes, usize, usize)>,
+}
+
+struct Owed {
+    limits: frames::Limits,
+    messages: usize,
+    bytes: usize,
+}
+
+impl Owed {
+    /// A quarter of a limit is owed.
+    fn due(&self) -> bool {
+        let reached = |owed: usize, limit: usize| limit > 0 && owed >= limit.div_ceil(4);
+        reached(self.messages, self.limits.messages) || reached(self.bytes, self.limits.bytes)
+    }
 }
 
 impl Credits {
-    /// One request taken from `peer` (whatever it turns out to be, even malformed).
-    fn taken(&self, peer: &Bytes) {
-        let Some(window) = frames::client_window(peer) else {
+    /// One request taken (whatever it turns out to be, even malformed): `frames` as received,
+    /// the client's identity first.
+    fn taken(&self, frames: &ZmqMessage) {
+        let Some(peer) = frames.get(0) else {
             return;
         };
+        let Some(limits) = frames::client_limits(peer) else {
+            return;
+        };
+        let weight = limits.weight(frames::request_size(frames) - peer.len());
         let mut state = self.state.lock().expect("credits poisoned");
-        let batch = window.div_ceil(4);
-        let owed = state.owed.entry(peer.clone()).or_insert((0, batch));
-        owed.0 += 1;
-        if owed.0 >= owed.1 {
-            let count = owed.0;
+        let owed = state.owed.entry(peer.clone()).or_insert(Owed {
+            limits,
+            messages: 0,
+            bytes: 0,
+        });
+        owed.messages += 1;
+        owed.bytes += weight;
+        if owed.due() {
+            let (messages, bytes) = (owed.messages, owed.bytes);
             state.owed.remove(peer);
-            state.due.push((peer.clone(), count));
+            state.due.push((peer.clone(), messages, bytes));
             drop(state);
             self.ready.notify_one();
         }
@@ -262,7 +285,7 @@ impl Credits {
         if state.owed.is_empty() {
             return;
         }
-        let owed: Vec<(Bytes, usize)> = state.owed.drain().map(|(peer, (count, _))| (peer, count)).collect();
+        let owed: Vec<_> = state.owed.drain().map(|(peer, owed)| (peer, owed.messages, owed.bytes)).collect();
         state.due.extend(owed);
         drop(state);
         self.ready.notify_one();
@@ -273,8 +296,8 @@ impl Credits {
         loop {
             self.ready.notified().await;
             let due = std::mem::take(&mut self.state.lock().expect("credits poisoned").due);
-            for (peer, count) in due {
-                if let Err(err) = sender.send(frames::credit(peer, count)).await {
+            for (peer, messages, bytes) in due {
+                if let Err(err) = sender.send(frames::credit(peer, messages, bytes)).await {
                     // The client is gone, and its window with it.
                     tracing::debug!(error = %err, "credit not sent");
                 }
@@ -374,9 +397,7 @@ impl Listener for ZmqListener {
                     continue;
                 }
             };
-            if let Some(peer) = frames.get(0) {
-                self.credits.taken(peer);
-            }
+            self.credits.taken(&frames);
             let request = match frames::decode_request(frames) {
                 Ok(request) => request,
                 Err(err) => {

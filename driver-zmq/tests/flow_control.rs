@@ -308,7 +308,7 @@ async fn a_server_that_sends_no_credits_gets_no_high_water_mark() {
     }
 }
 
-/// The credit frames on the wire, as a DEALER announcing a window of 4 sees them.
+/// The credit frames on the wire, as a DEALER announcing a window of 4 requests sees them.
 #[tokio::test]
 async fn credits_on_the_wire_go_to_clients_that_count_them() {
     common::init_tracing();
@@ -319,10 +319,11 @@ async fn credits_on_the_wire_go_to_clients_that_count_them() {
     let host = matchmaker.get_hosts(&format!("ROUTER/{topic}/s")).await.unwrap().remove(0);
     let port = host.rsplit_once(':').unwrap().1;
     let mut options = SocketOptions::default();
-    options.peer_identity(driver_zmq::frames::client_identity(4).try_into().unwrap());
+    let limits = driver_zmq::frames::Limits { messages: 4, bytes: 0 };
+    options.peer_identity(driver_zmq::frames::client_identity(limits).try_into().unwrap());
     let mut dealer = zeromq::DealerSocket::with_options(options);
     dealer.connect(&format!("tcp://127.0.0.1:{port}")).await.expect("connect");
-    let mut credited = 0;
+    let mut sizes = 0;
     for i in 0..8 {
         let payload = format!(r#"[{{}},{{"method":"echo","args":{{"value":{i}}},"_unique_id":"u-wire-{i}"}}]"#);
         let frames: Vec<Bytes> = vec![
@@ -332,24 +333,30 @@ async fn credits_on_the_wire_go_to_clients_that_count_them() {
             Bytes::from(format!("m{i}")),
             Bytes::from(payload),
         ];
+        sizes += frames.iter().map(Bytes::len).sum::<usize>();
         dealer.send(ZmqMessage::try_from(frames).unwrap()).await.unwrap();
     }
+    let (mut credited, mut credited_bytes) = (0, 0);
     while credited < 8 {
         let frames = tokio::time::timeout(WAIT, dealer.recv())
             .await
             .expect("credit in time")
             .unwrap()
             .into_vec();
-        assert_eq!(frames.len(), 4, "{frames:?}");
+        // ["", "1.0", "7", <requests>, <bytes>]
+        assert_eq!(frames.len(), 5, "{frames:?}");
         assert_eq!(
             (&frames[0][..], &frames[1][..], &frames[2][..]),
             (&b""[..], &b"1.0"[..], &b"7"[..]),
             "{frames:?}"
         );
-        let count: usize = std::str::from_utf8(&frames[3]).unwrap().parse().unwrap();
+        let number = |frame: &Bytes| -> usize { std::str::from_utf8(frame).unwrap().parse().unwrap() };
+        let count = number(&frames[3]);
         assert!((1..=8 - credited).contains(&count), "{count} after {credited}");
         credited += count;
+        credited_bytes += number(&frames[4]);
     }
+    assert_eq!(credited_bytes, sizes, "the bytes of the request frames");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), dealer.recv()).await.is_err(),
         "nothing credited twice"
@@ -357,11 +364,58 @@ async fn credits_on_the_wire_go_to_clients_that_count_them() {
     server.shutdown().await;
 }
 
+/// `zmq_hwm_bytes` alone: big requests are held back by their bytes, not their count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_requests_are_held_back_by_their_bytes() {
+    common::init_tracing();
+    const BYTES: usize = 256 * 1024;
+    const CASTS: u64 = 100;
+    let url = dummy_url(
+        "hwm-bytes",
+        &[("zmq_hwm", "0"), ("zmq_hwm_bytes", &BYTES.to_string()), ("zmq_use_ipc", "false")],
+    );
+    let topic = common::unique("hwm-bytes");
+    let server = gated_server(&url, &topic, 1).await;
+    let (driver, transport) = driver_and_transport(&url);
+    let client = RpcClient::new(transport, Target::new(&topic));
+    let payload = "z".repeat(64 * 1024);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let caster = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for value in 0..CASTS {
+                client
+                    .cast(&context(json!({})), "record", json!({"value": value, "pad": payload}))
+                    .await
+                    .unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    eventually("the caster waits for room", || driver.flow_stats().waiting == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = driver.flow_stats();
+    // Each cast is a little over 64 KiB: three fit in 256 KiB (the server holds one more).
+    assert_eq!(stats.in_flight, 3, "{stats:?}");
+    assert!(
+        stats.peak_in_flight_bytes <= BYTES && stats.peak_in_flight_bytes > 3 * 64 * 1024,
+        "{stats:?}"
+    );
+    assert!(sent.load(Ordering::SeqCst) <= 4, "{}", sent.load(Ordering::SeqCst));
+    server.gate.send(true).unwrap();
+    tokio::time::timeout(WAIT, caster).await.expect("caster finishes").unwrap();
+    eventually("every cast handled", || server.seen.lock().unwrap().len() == CASTS as usize).await;
+    assert!(driver.flow_stats().peak_in_flight_bytes <= BYTES);
+    eventually("everything credited", || driver.flow_stats().in_flight_bytes == 0).await;
+    server.server.shutdown().await;
+}
+
 /// Options reach the driver, from the URL or the transport's driver options.
 #[test]
 fn zmq_hwm_is_read_from_the_url_and_driver_options() {
-    let url = TransportUrl::parse("zmq+dummy://?zmq_hwm=12").unwrap();
-    assert_eq!(ZmqDriver::new(&url, &TransportConfig::default()).unwrap().config().zmq_hwm, 12);
+    let url = TransportUrl::parse("zmq+dummy://?zmq_hwm=12&zmq_hwm_bytes=5000").unwrap();
+    let config = ZmqDriver::new(&url, &TransportConfig::default()).unwrap().config().clone();
+    assert_eq!((config.zmq_hwm, config.zmq_hwm_bytes), (12, 5000));
     let config = TransportConfig {
         driver_options: BTreeMap::from([("zmq_hwm".to_string(), "0".to_string())]),
         ..TransportConfig::default()
