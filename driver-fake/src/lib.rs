@@ -22,23 +22,25 @@
 //! # Bounded queues
 //!
 //! A queue holds at most `fake_max_queue_length` messages (default
-//! [`DEFAULT_MAX_QUEUE_LENGTH`], 1000; `0` = no bound), set in the URL's query
+//! [`DEFAULT_MAX_QUEUE_LENGTH`], 1000) and `fake_max_queue_bytes` bytes of encoded messages
+//! (default [`DEFAULT_MAX_QUEUE_BYTES`], 4 MiB; a bigger message waits for an empty queue and
+//! goes alone); `0` = no bound. Set them in the URL's query
 //! (`fake://bus?fake_max_queue_length=10`) or in
 //! [`TransportConfig::driver_options`](oslo_core::TransportConfig::driver_options) (the query
 //! wins). A send (call, cast, fanout, notification) to a full queue **waits** until a listener
-//! takes a message from it: backpressure, not an error, so a fast caster cannot run ahead of
+//! takes messages from it: backpressure, not an error, so a fast caster cannot run ahead of
 //! its servers without bound. The wait counts against the send's timeout (a call's timeout, or
 //! [`SendOptions::timeout`] given to [`Driver::send`]) and fails with `MessagingTimeout` when it
 //! passes; casts from [`oslo_core::RpcClient`] and notifications have no timeout and wait as
 //! long as it takes. A message goes to all of its queues (fanout, notification pools) or, when
 //! the timeout passes first, to none.
 //!
-//! * A queue's bound is the smallest among the transports that listen on it or send to it.
+//! * A queue's bounds are the smallest among the transports that listen on it or send to it.
 //! * Listeners hold nothing beyond the queue: servers take a message only when an executor
-//!   slot is free, so at most the queue's bound plus the executor pool are in memory.
-//! * Requeued messages and [`inject_raw`] never wait (they may exceed the bound briefly).
-//! * A notification queue nobody consumes fills up to the bound, then notifiers wait: a test
-//!   that sends more notifications than that before its listener starts needs a larger bound
+//!   slot is free, so at most the queue's bounds plus the executor pool are in memory.
+//! * Requeued messages and [`inject_raw`] never wait (they may exceed the bounds briefly).
+//! * A notification queue nobody consumes fills up to its bounds, then notifiers wait: a test
+//!   that sends more notifications than that before its listener starts needs larger bounds
 //!   (or `0`). The same holds for a handler that casts to its own full queue.
 //! * [`queue_stats`] tells a test how full a queue is, the most it ever held, and how many
 //!   sends wait for room.
@@ -83,14 +85,39 @@ use tokio::time::Instant;
 /// URL schemes this driver serves.
 pub const SCHEMES: &[&str] = &["fake"];
 
-/// The option bounding every queue (URL query or driver option): messages, `0` = no bound.
+/// The option bounding every queue's length (URL query or driver option): messages, `0` = no
+/// bound.
 pub const MAX_QUEUE_LENGTH_OPTION: &str = "fake_max_queue_length";
 
 /// The default of `fake_max_queue_length`.
 pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 1000;
 
-/// "No bound": as many messages as a semaphore can count.
+/// The option bounding every queue's size (URL query or driver option): bytes of encoded
+/// messages, `0` = no bound.
+pub const MAX_QUEUE_BYTES_OPTION: &str = "fake_max_queue_bytes";
+
+/// The default of `fake_max_queue_bytes` (4 MiB).
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// "No bound" on a queue's length: as many messages as a semaphore can count.
 const UNBOUNDED: usize = Semaphore::MAX_PERMITS;
+
+/// "No bound" on a queue's size: as many bytes as one semaphore acquisition can take (4 GiB).
+const UNBOUNDED_BYTES: usize = u32::MAX as usize;
+
+/// A queue's bounds (`UNBOUNDED`, `UNBOUNDED_BYTES`: none).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Bounds {
+    const NONE: Bounds = Bounds {
+        messages: UNBOUNDED,
+        bytes: UNBOUNDED_BYTES,
+    };
+}
 
 /// Register the fake driver in `registry` under every name in [`SCHEMES`].
 pub fn register(registry: &DriverRegistry) {
@@ -104,7 +131,7 @@ pub fn register(registry: &DriverRegistry) {
 /// listeners cope with malformed messages. RPC servers listen on queues `<topic>` and
 /// `<topic>.<server>`; the default exchange is `openstack`. Never waits, whatever the bound.
 pub fn inject_raw(bus: &str, exchange: &str, queue: &str, body: Vec<u8>) {
-    Bus::named(bus).queue(exchange, queue, UNBOUNDED).push_unreserved(body, false);
+    Bus::named(bus).queue(exchange, queue, Bounds::NONE).push_unreserved(body, false);
 }
 
 /// How full a queue is (see [`queue_stats`]).
@@ -112,10 +139,16 @@ pub fn inject_raw(bus: &str, exchange: &str, queue: &str, body: Vec<u8>) {
 pub struct QueueStats {
     /// Messages in the queue now.
     pub len: usize,
+    /// Their bytes (encoded).
+    pub bytes: usize,
     /// The most messages the queue ever held.
     pub peak: usize,
-    /// Its bound (`None`: unbounded).
+    /// The most bytes the queue ever held.
+    pub peak_bytes: usize,
+    /// Its bound on messages (`None`: unbounded).
     pub bound: Option<usize>,
+    /// Its bound on bytes (`None`: unbounded).
+    pub bytes_bound: Option<usize>,
     /// Sends waiting for room now.
     pub waiting: usize,
 }
@@ -132,33 +165,38 @@ pub struct FakeDriver {
     bus: Arc<Bus>,
     control_exchange: String,
     reply_queue: String,
-    /// `fake_max_queue_length` (`UNBOUNDED` for 0).
-    max_queue_length: usize,
+    /// `fake_max_queue_length` and `fake_max_queue_bytes`.
+    bounds: Bounds,
 }
 
 impl FakeDriver {
     /// Open (or join) the bus named by `url`: its host, or its virtual host if it has no host.
-    /// Fails with `ConfigurationError` when `fake_max_queue_length` is not a number.
+    /// Fails with `ConfigurationError` when `fake_max_queue_length` or `fake_max_queue_bytes`
+    /// is not a number.
     pub fn new(url: &TransportUrl, config: &TransportConfig) -> Result<Self> {
         let options = config.merged_driver_options(url);
-        let max_queue_length = match options.get(MAX_QUEUE_LENGTH_OPTION).map(|v| v.trim()) {
-            None => DEFAULT_MAX_QUEUE_LENGTH,
-            Some(value) => match value.parse::<usize>() {
-                Ok(0) => UNBOUNDED,
-                Ok(length) => length.min(UNBOUNDED),
-                Err(_) => {
-                    return Err(Error::configuration(
-                        MAX_QUEUE_LENGTH_OPTION,
-                        format!("{value:?} is not a number of messages (0 = no bound)"),
-                    ))
-                }
-            },
+        let bound = |option: &str, default: usize, none: usize, what: &str| -> Result<usize> {
+            match options.get(option).map(|v| v.trim()) {
+                None => Ok(default),
+                Some(value) => match value.parse::<usize>() {
+                    Ok(0) => Ok(none),
+                    Ok(bound) => Ok(bound.min(none)),
+                    Err(_) => Err(Error::configuration(
+                        option,
+                        format!("{value:?} is not a number of {what} (0 = no bound)"),
+                    )),
+                },
+            }
+        };
+        let bounds = Bounds {
+            messages: bound(MAX_QUEUE_LENGTH_OPTION, DEFAULT_MAX_QUEUE_LENGTH, UNBOUNDED, "messages")?,
+            bytes: bound(MAX_QUEUE_BYTES_OPTION, DEFAULT_MAX_QUEUE_BYTES, UNBOUNDED_BYTES, "bytes")?,
         };
         Ok(FakeDriver {
             bus: Bus::named(&bus_name(url)),
             control_exchange: config.control_exchange.clone(),
             reply_queue: format!("reply_{}", codec::new_id()),
-            max_queue_length,
+            bounds,
         })
     }
 
@@ -167,9 +205,14 @@ impl FakeDriver {
         &self.bus.name
     }
 
-    /// The bound of the queues this driver uses (`None`: unbounded).
+    /// The bound on the length of the queues this driver uses (`None`: unbounded).
     pub fn max_queue_length(&self) -> Option<usize> {
-        (self.max_queue_length < UNBOUNDED).then_some(self.max_queue_length)
+        (self.bounds.messages < UNBOUNDED).then_some(self.bounds.messages)
+    }
+
+    /// The bound on the size in bytes of the queues this driver uses (`None`: unbounded).
+    pub fn max_queue_bytes(&self) -> Option<usize> {
+        (self.bounds.bytes < UNBOUNDED_BYTES).then_some(self.bounds.bytes)
     }
 
     fn exchange_of(&self, target: &Target) -> String {
@@ -220,17 +263,17 @@ impl Bus {
             .clone()
     }
 
-    /// Queue `name` of `exchange`, created if needed; its bound lowered to `bound` if higher.
-    fn queue(&self, exchange: &str, name: &str, bound: usize) -> Arc<Queue> {
+    /// Queue `name` of `exchange`, created if needed; its bounds lowered to `bounds` if higher.
+    fn queue(&self, exchange: &str, name: &str, bounds: Bounds) -> Arc<Queue> {
         let queue = {
             let mut state = self.state.lock().expect("bus poisoned");
             state
                 .queues
                 .entry((exchange.to_string(), name.to_string()))
-                .or_insert_with(|| Arc::new(Queue::new(name, bound)))
+                .or_insert_with(|| Arc::new(Queue::new(name, bounds)))
                 .clone()
         };
-        queue.limit(bound);
+        queue.limit(bounds);
         queue
     }
 
@@ -243,8 +286,8 @@ impl Bus {
             .cloned()
     }
 
-    fn bind(&self, exchange: &str, routing_key: &str, queue_name: &str, bound: usize) -> Arc<Queue> {
-        let queue = self.queue(exchange, queue_name, bound);
+    fn bind(&self, exchange: &str, routing_key: &str, queue_name: &str, bounds: Bounds) -> Arc<Queue> {
+        let queue = self.queue(exchange, queue_name, bounds);
         let mut state = self.state.lock().expect("bus poisoned");
         let bound = state.bindings.entry((exchange.to_string(), routing_key.to_string())).or_default();
         if !bound.iter().any(|q| q == queue_name) {
@@ -277,109 +320,153 @@ impl Bus {
     }
 }
 
-/// A FIFO queue with competing consumers and a bound.
+/// A FIFO queue with competing consumers and bounds on its length and size.
 ///
-/// `room` has a permit per free place: a send takes one (waiting when there is none) before it
-/// pushes, a pop gives one back. Pushes that do not wait (requeue, [`inject_raw`]) and bounds
-/// lowered below what is already reserved are paid back by the next pops (`excess`), so that
-/// always `free permits + reserved + len == bound + excess`.
+/// `room` has a permit per free place and `bytes_room` one per free byte: a send takes one
+/// place and its weight in bytes (its size, capped at the byte bound), waiting when there are
+/// not enough, before it pushes; the pop that takes the message gives them back. Pushes that do
+/// not wait (requeue, [`inject_raw`]) take nothing and give nothing back. Lowering a bound
+/// below what is already taken leaves a debt that the next pops pay first.
 #[derive(Debug)]
 struct Queue {
     name: String,
     state: Mutex<QueueState>,
     room: Semaphore,
+    bytes_room: Semaphore,
     waiting: AtomicUsize,
     consumers: Mutex<Vec<Weak<Notify>>>,
 }
 
 #[derive(Debug)]
 struct QueueState {
-    messages: VecDeque<Vec<u8>>,
-    bound: usize,
-    /// Pops that give no permit back.
-    excess: usize,
+    messages: VecDeque<Queued>,
+    bytes: usize,
+    bounds: Bounds,
+    /// Places and bytes that pops keep instead of giving back (bounds lowered).
+    debt: (usize, usize),
     peak: usize,
+    peak_bytes: usize,
+}
+
+/// A queued message and the room it holds.
+#[derive(Debug)]
+struct Queued {
+    body: Vec<u8>,
+    /// (places, bytes) taken from the semaphores; (0, 0) for pushes that did not wait.
+    holds: (usize, usize),
+}
+
+/// Room taken in a queue, given back if dropped before it is pushed into.
+struct Place<'a> {
+    permits: (SemaphorePermit<'a>, Option<SemaphorePermit<'a>>),
+    holds: (usize, usize),
 }
 
 impl Queue {
-    fn new(name: &str, bound: usize) -> Self {
+    fn new(name: &str, bounds: Bounds) -> Self {
         Queue {
             name: name.to_string(),
             state: Mutex::new(QueueState {
                 messages: VecDeque::new(),
-                bound,
-                excess: 0,
+                bytes: 0,
+                bounds,
+                debt: (0, 0),
                 peak: 0,
+                peak_bytes: 0,
             }),
-            room: Semaphore::new(bound),
+            room: Semaphore::new(bounds.messages),
+            bytes_room: Semaphore::new(bounds.bytes),
             waiting: AtomicUsize::new(0),
             consumers: Mutex::new(Vec::new()),
         }
     }
 
-    /// Lower the bound to `bound` (a queue's bound is the smallest of its users').
-    fn limit(&self, bound: usize) {
+    /// Lower the bounds to `bounds` (a queue's bounds are the smallest of its users').
+    fn limit(&self, bounds: Bounds) {
         let mut state = self.state.lock().expect("queue poisoned");
-        if bound < state.bound {
-            let lower = state.bound - bound;
-            let forgotten = self.room.forget_permits(lower);
-            state.excess += lower - forgotten;
-            state.bound = bound;
+        if bounds.messages < state.bounds.messages {
+            let lower = state.bounds.messages - bounds.messages;
+            state.debt.0 += lower - self.room.forget_permits(lower);
+            state.bounds.messages = bounds.messages;
+        }
+        if bounds.bytes < state.bounds.bytes {
+            let lower = state.bounds.bytes - bounds.bytes;
+            state.debt.1 += lower - self.bytes_room.forget_permits(lower);
+            state.bounds.bytes = bounds.bytes;
         }
     }
 
-    /// A place in the queue, waiting for one until `deadline`.
-    async fn reserve(&self, deadline: Option<Instant>) -> Result<SemaphorePermit<'_>> {
-        if let Ok(permit) = self.room.try_acquire() {
+    /// Room for a message of `size` bytes, waiting for it until `deadline`.
+    async fn reserve(&self, size: usize, deadline: Option<Instant>) -> Result<Place<'_>> {
+        let weight = size.min(self.state.lock().expect("queue poisoned").bounds.bytes);
+        let place = self.acquire(&self.room, 1, deadline).await?;
+        // The weight is at most the byte bound, which is at most u32::MAX.
+        let bytes = match weight {
+            0 => None,
+            weight => Some(self.acquire(&self.bytes_room, weight as u32, deadline).await?),
+        };
+        Ok(Place {
+            permits: (place, bytes),
+            holds: (1, weight),
+        })
+    }
+
+    async fn acquire<'a>(&self, room: &'a Semaphore, permits: u32, deadline: Option<Instant>) -> Result<SemaphorePermit<'a>> {
+        if let Ok(permit) = room.try_acquire_many(permits) {
             return Ok(permit);
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Decrement(&self.waiting);
         let acquired = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.room.acquire()).await.map_err(|_| {
+            Some(deadline) => tokio::time::timeout_at(deadline, room.acquire_many(permits)).await.map_err(|_| {
                 Error::timeout(format!(
-                    "timed out waiting for room in queue {:?}: its listeners have not taken the messages already there ({MAX_QUEUE_LENGTH_OPTION})",
+                    "timed out waiting for room in queue {:?}: its listeners have not taken the messages already there \
+                     ({MAX_QUEUE_LENGTH_OPTION}, {MAX_QUEUE_BYTES_OPTION})",
                     self.name
                 ))
             })?,
-            None => self.room.acquire().await,
+            None => room.acquire_many(permits).await,
         };
         Ok(acquired.expect("queue semaphore never closed"))
     }
 
-    /// Push `body` into a place reserved with [`Queue::reserve`] (whose permit was forgotten).
-    fn push_reserved(&self, body: Vec<u8>) {
-        {
-            let mut state = self.state.lock().expect("queue poisoned");
-            state.messages.push_back(body);
-            state.peak = state.peak.max(state.messages.len());
-        }
-        self.wake();
+    /// Push `body` into the room taken with [`Queue::reserve`].
+    fn push_reserved(&self, body: Vec<u8>, place: Place<'_>) {
+        let (place_permit, bytes_permit) = place.permits;
+        // The pop that takes the message gives the room back.
+        place_permit.forget();
+        bytes_permit.into_iter().for_each(SemaphorePermit::forget);
+        self.push(Queued { body, holds: place.holds }, false);
     }
 
     /// Push without waiting for room: at the head (a requeue) or the tail.
     fn push_unreserved(&self, body: Vec<u8>, front: bool) {
+        self.push(Queued { body, holds: (0, 0) }, front);
+    }
+
+    fn push(&self, queued: Queued, front: bool) {
         {
             let mut state = self.state.lock().expect("queue poisoned");
+            state.bytes += queued.body.len();
             if front {
-                state.messages.push_front(body);
+                state.messages.push_front(queued);
             } else {
-                state.messages.push_back(body);
+                state.messages.push_back(queued);
             }
-            state.excess += 1;
             state.peak = state.peak.max(state.messages.len());
+            state.peak_bytes = state.peak_bytes.max(state.bytes);
         }
         self.wake();
     }
 
     fn pop(&self) -> Option<Vec<u8>> {
         let mut state = self.state.lock().expect("queue poisoned");
-        let body = state.messages.pop_front()?;
-        if state.excess > 0 {
-            state.excess -= 1;
-        } else {
-            self.room.add_permits(1);
-        }
+        let Queued { body, holds } = state.messages.pop_front()?;
+        state.bytes -= body.len();
+        let paid = (holds.0.min(state.debt.0), holds.1.min(state.debt.1));
+        state.debt = (state.debt.0 - paid.0, state.debt.1 - paid.1);
+        self.room.add_permits(holds.0 - paid.0);
+        self.bytes_room.add_permits(holds.1 - paid.1);
         Some(body)
     }
 
@@ -387,8 +474,11 @@ impl Queue {
         let state = self.state.lock().expect("queue poisoned");
         QueueStats {
             len: state.messages.len(),
+            bytes: state.bytes,
             peak: state.peak,
-            bound: (state.bound < UNBOUNDED).then_some(state.bound),
+            peak_bytes: state.peak_bytes,
+            bound: (state.bounds.messages < UNBOUNDED).then_some(state.bounds.messages),
+            bytes_bound: (state.bounds.bytes < UNBOUNDED_BYTES).then_some(state.bounds.bytes),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
@@ -428,12 +518,10 @@ impl Drop for Decrement<'_> {
 async fn push_all(queues: &[Arc<Queue>], body: Vec<u8>, deadline: Option<Instant>) -> Result<()> {
     let mut places = Vec::with_capacity(queues.len());
     for queue in queues {
-        places.push(queue.reserve(deadline).await?);
+        places.push(queue.reserve(body.len(), deadline).await?);
     }
     for (queue, place) in queues.iter().zip(places) {
-        // The pop that takes the message gives the place back.
-        place.forget();
-        queue.push_reserved(body.clone());
+        queue.push_reserved(body.clone(), place);
     }
     Ok(())
 }
@@ -484,7 +572,7 @@ impl Driver for FakeDriver {
             return Ok(None);
         }
         for queue in &queues {
-            queue.limit(self.max_queue_length);
+            queue.limit(self.bounds);
         }
         let pending = msg_id.as_ref().map(|id| self.bus.replies.register(id.clone()));
         push_all(&queues, body, deadline).await?;
@@ -510,10 +598,10 @@ impl Driver for FakeDriver {
             codec::encode_plain(&inner)?
         };
         // Like oslo's rabbit notifier: the default queue exists once someone published.
-        self.bus.bind(&exchange, routing_key, routing_key, self.max_queue_length);
+        self.bus.bind(&exchange, routing_key, routing_key, self.bounds);
         let queues = self.bus.bound_queues(&exchange, routing_key);
         for queue in &queues {
-            queue.limit(self.max_queue_length);
+            queue.limit(self.bounds);
         }
         // No timeout: a notification waits for room as long as it takes.
         push_all(&queues, body, None).await
@@ -523,14 +611,14 @@ impl Driver for FakeDriver {
         let topic = target.topic.clone().unwrap_or_default();
         let server = target.server.clone().unwrap_or_default();
         let exchange = self.exchange_of(target);
-        let fanout = Arc::new(Queue::new(&format!("{topic}_fanout"), self.max_queue_length));
+        let fanout = Arc::new(Queue::new(&format!("{topic}_fanout"), self.bounds));
         {
             let mut state = self.bus.state.lock().expect("bus poisoned");
             state.fanout.entry(topic.clone()).or_default().push(Arc::downgrade(&fanout));
         }
         let queues = vec![
-            self.bus.queue(&exchange, &format!("{topic}.{server}"), self.max_queue_length),
-            self.bus.queue(&exchange, &topic, self.max_queue_length),
+            self.bus.queue(&exchange, &format!("{topic}.{server}"), self.bounds),
+            self.bus.queue(&exchange, &topic, self.bounds),
             fanout,
         ];
         Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
@@ -541,9 +629,7 @@ impl Driver for FakeDriver {
         for (target, priority) in targets_and_priorities {
             let exchange = self.exchange_of(target);
             let routing_key = format!("{}.{}", target.topic.as_deref().unwrap_or_default(), priority.to_lowercase());
-            let queue = self
-                .bus
-                .bind(&exchange, &routing_key, pool.unwrap_or(&routing_key), self.max_queue_length);
+            let queue = self.bus.bind(&exchange, &routing_key, pool.unwrap_or(&routing_key), self.bounds);
             if !queues.iter().any(|q| Arc::ptr_eq(q, &queue)) {
                 queues.push(queue);
             }

@@ -129,14 +129,14 @@ async fn a_fast_caster_waits_for_a_slow_server_under_paused_time() {
     server.shutdown().await;
 }
 
+/// With the default bounds (1000 messages, 4 MiB): a backlog of big casts stays at 4 MiB.
 #[tokio::test]
 async fn memory_does_not_grow_with_the_backlog() {
-    const BOUND: usize = 10;
     const CASTS: u64 = 1000;
     // 64 KiB each: unbounded, the backlog would be 1000 x 64 KiB = 63 MiB.
     let payload = "x".repeat(64 * 1024);
     let bus = bus("memory");
-    let url = format!("fake://{bus}?fake_max_queue_length={BOUND}");
+    let url = format!("fake://{bus}");
     let (gate, closed) = watch::channel(false);
     let (server, seen) = server(transport(&url), "big", "s", 2, Duration::ZERO, closed).await;
     let client = RpcClient::new(transport(&url), Target::new("big"));
@@ -159,7 +159,16 @@ async fn memory_does_not_grow_with_the_backlog() {
         "memory grew by {} MiB with the backlog",
         grown / (1024 * 1024)
     );
-    assert_eq!(stats(&bus, "big").peak, BOUND);
+    let queue = stats(&bus, "big");
+    assert_eq!(
+        (queue.bound, queue.bytes_bound),
+        (Some(1000), Some(4 * 1024 * 1024)),
+        "the defaults"
+    );
+    assert!(
+        queue.peak_bytes <= 4 * 1024 * 1024 && queue.peak_bytes > 4 * 1024 * 1024 - 70 * 1024,
+        "{queue:?}"
+    );
     gate.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(60), caster)
         .await
@@ -170,8 +179,61 @@ async fn memory_does_not_grow_with_the_backlog() {
         assert!(Instant::now() < deadline, "all casts handled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(stats(&bus, "big").peak <= BOUND);
+    assert!(stats(&bus, "big").peak_bytes <= 4 * 1024 * 1024);
     server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_bound_holds_big_messages_back_and_a_bigger_one_goes_alone() {
+    let bus = bus("bytes");
+    let url = format!("fake://{bus}?fake_max_queue_length=0&fake_max_queue_bytes=3000");
+    let transport = transport(&url);
+    let mut listener = transport
+        .driver()
+        .listen_for_notifications(&[(Target::new("b"), "info".into())], None)
+        .await
+        .unwrap();
+    let send = |pad: usize| {
+        let transport = transport.clone();
+        async move {
+            let message = oslo_core::context(json!({"event_type": "e", "priority": "INFO", "payload": {"pad": "p".repeat(pad)}}));
+            transport
+                .driver()
+                .send_notification(&Target::new("b.info"), &JsonMap::new(), &message, true, Retry::Forever)
+                .await
+        }
+    };
+    send(1000).await.unwrap();
+    send(1000).await.unwrap();
+    let queue = stats(&bus, "b.info");
+    assert_eq!((queue.len, queue.bound, queue.bytes_bound), (2, None, Some(3000)));
+    assert!(queue.bytes > 2000 && queue.bytes <= 3000, "{queue:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), send(1000)).await.is_err(),
+        "a third does not fit"
+    );
+    // Bigger than the bound: waits until the queue is empty, then goes alone.
+    let mut big = tokio::spawn(send(10_000));
+    assert!(tokio::time::timeout(Duration::from_secs(1), &mut big).await.is_err());
+    listener.next().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut big).await.is_err(),
+        "one still there"
+    );
+    listener.next().await.unwrap();
+    big.await.unwrap().unwrap();
+    let queue = stats(&bus, "b.info");
+    assert_eq!(queue.len, 1);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), send(10)).await.is_err(),
+        "even a small one waits for the big one"
+    );
+    assert_eq!(
+        listener.next().await.unwrap().message()["payload"]["pad"].as_str().unwrap().len(),
+        10_000
+    );
+    send(10).await.unwrap();
+    listener.cleanup().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -348,6 +410,17 @@ fn the_bound_comes_from_the_url_or_the_driver_options() {
         "the query wins"
     );
     assert_eq!(driver("fake://opt", &options("0")).max_queue_length(), None, "0 = no bound");
+    assert_eq!(
+        driver("fake://opt", &TransportConfig::default()).max_queue_bytes(),
+        Some(4 * 1024 * 1024)
+    );
+    assert_eq!(
+        driver("fake://opt?fake_max_queue_bytes=5000", &options("7")).max_queue_bytes(),
+        Some(5000)
+    );
+    assert_eq!(driver("fake://opt?fake_max_queue_bytes=0", &options("7")).max_queue_bytes(), None);
+    let err = registry.get_transport("fake://opt?fake_max_queue_bytes=-1").unwrap_err();
+    assert!(matches!(err, Error::Configuration { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -370,4 +443,52 @@ async fn a_queue_takes_the_smallest_bound_of_its_users() {
     other.cast(&context(json!({})), "record", json!({"value": 2})).await.unwrap();
     assert_eq!(stats(&bus, "q").bound, Some(4), "never raised");
     server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bound_lowered_below_the_backlog_holds_once_the_backlog_drains() {
+    let bus = bus("lowered");
+    let notify = |transport: &Transport, n: u64| {
+        let transport = transport.clone();
+        async move {
+            let message = oslo_core::context(json!({"event_type": "e", "priority": "INFO", "payload": {"n": n}}));
+            transport
+                .driver()
+                .send_notification(&Target::new("l.info"), &JsonMap::new(), &message, true, Retry::Forever)
+                .await
+        }
+    };
+    let wide = transport(&format!("fake://{bus}?fake_max_queue_length=10"));
+    for n in 0..5 {
+        notify(&wide, n).await.unwrap();
+    }
+    // A transport bounded at 2 uses the queue: 5 queued, the bound is now 2.
+    let narrow = transport(&format!("fake://{bus}?fake_max_queue_length=2"));
+    let mut waiting = tokio::spawn(notify(&narrow, 5));
+    assert!(tokio::time::timeout(Duration::from_secs(1), &mut waiting).await.is_err());
+    assert_eq!(stats(&bus, "l.info").bound, Some(2));
+    let mut listener = wide
+        .driver()
+        .listen_for_notifications(&[(Target::new("l"), "info".into())], None)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(listener.next().await.unwrap().message()["payload"]["n"].as_u64().unwrap());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "still {} queued", stats(&bus, "l.info").len);
+    }
+    // Two left: the next pop makes room for one.
+    got.push(listener.next().await.unwrap().message()["payload"]["n"].as_u64().unwrap());
+    waiting.await.unwrap().unwrap();
+    assert_eq!(stats(&bus, "l.info").len, 2);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), notify(&wide, 6)).await.is_err(),
+        "2 is the bound for everyone"
+    );
+    for _ in 0..2 {
+        got.push(listener.next().await.unwrap().message()["payload"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+    listener.cleanup().await;
 }
