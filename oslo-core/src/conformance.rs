@@ -86,6 +86,7 @@ pub fn cases() -> Vec<Case> {
         case!(version_cap_rejects_newer),
         case!(ping_endpoint),
         case!(context_round_trip),
+        case!(values_survive_exactly),
         case!(payload_types),
         case!(payload_must_serialize),
         case!(casts_in_order),
@@ -573,6 +574,44 @@ pub async fn context_round_trip(transport: Transport) {
     }));
     let got = client(&transport, &topic).call(&context, "context", json!({})).await.expect("call");
     assert_eq!(got, Value::Object(context));
+    server.shutdown().await;
+}
+
+/// Integers of any size and non-finite floats come back exactly, as between two Python
+/// processes (`json.dumps` writes `NaN`, `Infinity`, `-Infinity` bare and keeps every digit).
+pub async fn values_survive_exactly(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let text = r#"[18446744073709551617, -9223372036854775809, 1000000000000000000000000000000000000000, NaN, Infinity, -Infinity, "NaN", 1e+16, -0.0, 0.1, [NaN, {"k": -Infinity}]]"#;
+    let Value::Array(values) = crate::pyjson::from_str(text).expect("valid") else {
+        unreachable!()
+    };
+    for value in values {
+        // A JsonMap, not json!: json! cannot hold a NaN number.
+        let mut args = JsonMap::new();
+        args.insert("value".into(), value.clone());
+        let got = client.call(&ctxt(), "echo", &args).await.expect("echo");
+        assert_eq!(
+            crate::pyjson::to_string(&got).unwrap(),
+            crate::pyjson::to_string(&value).unwrap(),
+            "round trip"
+        );
+        assert_eq!(got, value);
+    }
+    // Typed both ways: an f64 argument and result.
+    #[derive(serde::Serialize)]
+    struct Floats {
+        value: Vec<f64>,
+    }
+    let got: Vec<f64> = client
+        .call_as(&ctxt(), "echo", Floats {
+            value: vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.5],
+        })
+        .await
+        .expect("echo floats");
+    assert!(got[0].is_nan());
+    assert_eq!(got[1..], [f64::INFINITY, f64::NEG_INFINITY, 2.5]);
     server.shutdown().await;
 }
 
