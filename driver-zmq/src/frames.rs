@@ -169,6 +169,8 @@ pub struct Request {
     pub unique_id: Option<String>,
     /// `_timeout`: the caller's call-monitor timeout.
     pub client_timeout: Option<Duration>,
+    /// `_timeout` as sent (null when absent): the endpoint context's `client_timeout`.
+    pub raw_timeout: Value,
 }
 
 /// Decode what a ROUTER received: `[identity, b"", b"1.0", type, message id, payload]`.
@@ -201,8 +203,9 @@ pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
         Some(Value::String(id)) => Some(id),
         _ => None,
     };
+    let raw_timeout = message.remove("_timeout").unwrap_or(Value::Null);
     // Off the wire: anything absurd (negative, NaN, 1e20) must not panic.
-    let client_timeout = message.remove("_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0).map(|s| {
+    let client_timeout = raw_timeout.as_f64().filter(|s| *s > 0.0).map(|s| {
         if s >= MAX_CLIENT_TIMEOUT.as_secs_f64() {
             MAX_CLIENT_TIMEOUT
         } else {
@@ -217,6 +220,7 @@ pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
         message,
         unique_id,
         client_timeout,
+        raw_timeout,
     })
 }
 

@@ -227,6 +227,9 @@ pub struct IncomingRequest {
     pub reply_q: Option<String>,
     /// `_timeout`: the client's call-monitor timeout.
     pub client_timeout: Option<Duration>,
+    /// `_timeout` exactly as sent (null when absent), which oslo hands endpoints as the
+    /// context's `client_timeout` (see [`endpoint_context`]).
+    pub raw_timeout: Value,
     /// `_unique_id`, for duplicate detection.
     pub unique_id: Option<String>,
 }
@@ -252,6 +255,7 @@ pub fn decode_request(map: JsonMap) -> IncomingRequest {
                         Duration::from_secs_f64(s)
                     }
                 });
+                request.raw_timeout = value;
             }
             _ => {
                 request.message.insert(key, value);
@@ -259,6 +263,23 @@ pub fn decode_request(map: JsonMap) -> IncomingRequest {
         }
     }
     request
+}
+
+/// The context an RPC endpoint is called with, as oslo's rabbit driver builds it
+/// (`_drivers/amqp.py::unpack_context` and `RpcContext.__init__`, then
+/// `amqpdriver.py::AMQPListener.__call__` passes `ctxt.to_dict()` to the dispatcher): the
+/// request's `_context_*` keys, plus `client_timeout` set to the request's `_timeout` as sent
+/// (`msg.pop('_timeout', None)`: null for casts and for calls without a call-monitor timeout),
+/// minus `msg_id` and `reply_q` (`unpack_context` sets them from `_msg_id` / `_reply_q`, over any
+/// context keys of those names, and `RpcContext` pops them). A `client_timeout` context key
+/// keeps its place and takes the `_timeout` value, as the Python dict assignment does.
+pub fn endpoint_context(context: &JsonMap, raw_timeout: Value) -> JsonMap {
+    let mut context = context.clone();
+    // `shift_remove` keeps the other keys in order (Python dicts keep insertion order).
+    context.shift_remove("msg_id");
+    context.shift_remove("reply_q");
+    context.insert("client_timeout".into(), raw_timeout);
+    context
 }
 
 /// An RPC reply (or call-monitor heartbeat).
@@ -656,6 +677,31 @@ mod tests {
         reply.insert("failure".into(), object); // (json! would reject the NaN inside)
         let reply = Reply::from_map(reply).unwrap();
         assert_eq!(reply.failure.unwrap(), remote, "a failure sent as an object reads the same");
+    }
+
+    #[test]
+    fn endpoint_context_is_unpack_context() {
+        // `_timeout` as sent: an integer stays an integer, a float a float, absent is null.
+        for (timeout, expected) in [(Some(json!(2)), "2"), (Some(json!(2.5)), "2.5"), (Some(Value::Null), "null"), (None, "null")] {
+            let mut wire = map(json!({"method": "m", "_msg_id": "id", "_reply_q": "q", "_context_user": "u"}));
+            if let Some(timeout) = timeout {
+                wire.insert("_timeout".into(), timeout);
+            }
+            let request = decode_request(wire);
+            let context = endpoint_context(&request.context, request.raw_timeout.clone());
+            assert_eq!(pyjson::to_string(&context).unwrap(), format!(r#"{{"user": "u", "client_timeout": {expected}}}"#));
+        }
+        // Context keys named like the routing fields are overwritten by them and popped
+        // (RpcContext.__init__); a `client_timeout` key keeps its place, as in the Python dict.
+        let request = decode_request(map(json!({
+            "method": "m", "_timeout": 4, "_context_msg_id": "x", "_context_client_timeout": 9,
+            "_context_user": "u", "_context_reply_q": "y", "_context_roles": ["r"]
+        })));
+        let context = endpoint_context(&request.context, request.raw_timeout.clone());
+        assert_eq!(
+            pyjson::to_string(&context).unwrap(),
+            r#"{"client_timeout": 4, "user": "u", "roles": ["r"]}"#
+        );
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn cases() -> Vec<Case> {
         case!(version_cap_rejects_newer),
         case!(ping_endpoint),
         case!(context_round_trip),
+        case!(client_timeout_in_context, call_monitor),
         case!(values_survive_exactly),
         case!(payload_types),
         case!(payload_must_serialize),
@@ -573,7 +574,31 @@ pub async fn context_round_trip(transport: Transport) {
         "is_admin": true, "auth_token": null, "nested": {"a": [1, 2, {"b": "c"}]}, "unicode": "ünïcødé ✓"
     }));
     let got = client(&transport, &topic).call(&context, "context", json!({})).await.expect("call");
-    assert_eq!(got, Value::Object(context));
+    // Plus `client_timeout` (null: no call monitor), as oslo's unpack_context adds it.
+    let mut expected = context;
+    expected.insert("client_timeout".into(), Value::Null);
+    assert_eq!(got, Value::Object(expected));
+    server.shutdown().await;
+}
+
+/// The endpoint's context carries the caller's call-monitor timeout as `client_timeout`
+/// (oslo `_drivers/amqp.py::unpack_context`): as sent, null without a call monitor.
+pub async fn client_timeout_in_context(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let seen = |got: Value| got.get("client_timeout").cloned().expect("client_timeout in the context");
+    for (monitor, expected) in [(Duration::from_secs(2), json!(2)), (Duration::from_millis(1500), json!(1.5))] {
+        let got = client
+            .clone()
+            .call_monitor_timeout(monitor)
+            .call(&ctxt(), "context", json!({}))
+            .await
+            .expect("call");
+        assert_eq!(seen(got), expected, "call_monitor_timeout {monitor:?}");
+    }
+    let got = client.call(&ctxt(), "context", json!({})).await.expect("call");
+    assert_eq!(seen(got), Value::Null, "no call monitor");
     server.shutdown().await;
 }
 

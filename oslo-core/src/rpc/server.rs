@@ -7,7 +7,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::codec::DuplicateFilter;
+use crate::codec::{self, DuplicateFilter};
 use crate::driver::IncomingMessage;
 use crate::error::Result;
 use crate::remote::HandlerError;
@@ -191,10 +191,12 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, r
         .unwrap_or("None")
         .to_string();
     let heartbeat = start_call_monitor(&*message);
+    // The endpoint sees `client_timeout` in its context, as with oslo's rabbit driver.
+    let context = codec::endpoint_context(message.context(), message.client_timeout_value());
     let outcome = async {
         let span = tracing::debug_span!("rpc.dispatch", method = %method);
         dispatcher
-            .dispatch(message.context().clone(), message.message())
+            .dispatch(context, message.message())
             .instrument(span)
             .await
     };
