@@ -285,3 +285,60 @@ except TypeError as e:
         .unwrap_err();
     assert_eq!((error.exc_type.as_str(), vec![error.message]), ("TypeError", expected));
 }
+
+#[test]
+fn parser_accepts_and_rejects_what_json_loads_does() {
+    // Python mutates small documents (JSON-significant characters inserted, deleted, replaced)
+    // and says for each what json.loads makes of it: json.dumps of the value, or null when it
+    // raises. We must agree on every one, error or not, and on the value.
+    let script = r#"
+import json, random
+random.seed(7)
+seeds = [
+    '{"a": [1, -2.5e+3, NaN, Infinity, -Infinity, "N\\u00e9\\"x", true, false, null], "b": {"c": 18446744073709551617}}',
+    '[0, -0, 0.0, 1E5, 1e-7, "\\ud83d\\ude00", "\\/\\b\\f\\n\\r\\t", {}, [], [[]], {"": ""}]',
+    ' { "k" : "NaN" , "Infinity" : -1 } ',
+    '"plain string with some length to it"',
+]
+alphabet = list('{}[]:,"\\ \t\n-+.eE0123456789NaIfinitytruefalsnul') + ['\u00e9', '\x00', '\x1f']
+out = []
+for _ in range(20000):
+    s = list(random.choice(seeds))
+    for _ in range(random.randint(1, 3)):
+        op = random.random()
+        i = random.randrange(len(s) + 1)
+        if op < 0.4:
+            s.insert(i, random.choice(alphabet))
+        elif op < 0.7 and s:
+            del s[min(i, len(s) - 1)]
+        elif s:
+            s[min(i, len(s) - 1)] = random.choice(alphabet)
+    text = ''.join(s)
+    try:
+        value = json.loads(text)
+        verdict = json.dumps(value)
+    except ValueError:
+        verdict = None
+    # Lone surrogates are valid in a Python str but not in a Rust String: not comparable.
+    if verdict is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(value, ensure_ascii=False)):
+        continue
+    print(json.dumps([text, verdict]))
+"#;
+    let lines = run_python(script, "");
+    assert!(lines.len() > 19_000, "{} cases", lines.len());
+    let (mut accepted, mut rejected) = (0, 0);
+    for line in &lines {
+        let case = pyjson::from_str(line).expect("python's line");
+        let text = case[0].as_str().expect("input");
+        match (&case[1], pyjson::from_str(text)) {
+            (Value::String(python), Ok(ours)) => {
+                accepted += 1;
+                assert_eq!(&pyjson::to_string(&ours).unwrap(), python, "input {text:?}");
+            }
+            (Value::String(python), Err(e)) => panic!("json.loads reads {text:?} (as {python}) but we fail: {e}"),
+            (_, Err(_)) => rejected += 1,
+            (_, Ok(ours)) => panic!("json.loads rejects {text:?} but we read {ours}"),
+        }
+    }
+    assert!(accepted > 1000 && rejected > 1000, "both kinds covered: {accepted} read, {rejected} rejected");
+}
