@@ -44,6 +44,39 @@ MALFORMED = [
     b'{"oslo.version": "2.0", "oslo.message": "{\\"method\\": 42222222222222222222222222222222222222222222222222222222222222}"}',
 ]
 
+def envelope(msg):
+    """A body as oslo writes it (_drivers/common.py::serialize_msg, then kombu's json.dumps)."""
+    return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(msg)}).encode()
+
+
+NAN, INF = float("nan"), float("inf")
+
+# Values that must survive exactly ("Reliability II"): integers of any size, the bare NaN /
+# Infinity / -Infinity that json.dumps writes for non-finite floats (outside strings, at both
+# JSON levels), strings containing those words, and number spellings json.loads accepts.
+VALUES = [
+    b'{"oslo.version": "2.0", "oslo.message": "{\\"method\\": \\"echo\\", \\"args\\": {\\"value\\": NaN}}"}',
+    envelope({"method": "echo", "args": {"value": 2**64 + 1}, "_msg_id": "m", "_reply_q": "q",
+              "_timeout": None, "_unique_id": "u", "_context_user_id": "u1"}),
+    envelope({"method": "echo", "args": {"value": -2**63 - 1, "big": 10**60, "f": [NAN, INF, -INF]},
+              "_unique_id": "u", "_context_x": NAN}),
+    envelope({"method": "echo", "args": {"s": "NaN Infinity -Infinity", "k": {"NaN": -INF}},
+              "_timeout": INF, "_unique_id": "u"}),
+    json.dumps({"event_type": "e", "payload": {"v": NAN, "w": [INF, -INF, 2**70]}, "priority": "INFO"}).encode(),
+    b'{"method": "m", "args": {"a": -0, "b": 1.50, "c": 1E5, "d": 1e400, "e": -1e400, "f": 1e-400, "g": -0.0}}',
+    b'{"method": "m", "args": {"a": [NaN,Infinity,-Infinity], "b": nan, "c": -NaN}}',
+    b'{"method": "m", "args": {"a": "\\ud800"}}',
+    b'{"method": "m", "args": {"a": "NaN\\"NaN\\\\", "b": Infinityx}}',
+]
+
+REPLY_VALUES = [
+    envelope({"result": NAN, "failure": None, "ending": True, "_msg_id": "m", "_unique_id": "u"}),
+    envelope({"result": [2**64 + 1, -INF, "NaN"], "failure": None, "ending": True, "_msg_id": "m"}),
+    envelope({"result": None, "ending": True, "_msg_id": "m", "failure": json.dumps(
+        {"class": "ValueError", "module": "builtins", "message": "nan", "tb": [],
+         "args": [NAN, 2**64 + 1], "kwargs": {"x": INF}})}),
+]
+
 REPLIES_EXTRA = [
     b'{"oslo.version": "2.0", "oslo.message": "{\\"result\\": null, \\"failure\\": \\"not json\\", \\"ending\\": true, \\"_msg_id\\": \\"x\\"}"}',
     b'{"result": 1, "failure": {"class": "KeyError", "module": "builtins", "message": "k", "tb": [], "args": [], "kwargs": {}}, "_msg_id": "x"}',
@@ -52,8 +85,8 @@ REPLIES_EXTRA = [
 
 TARGETS = {
     "transport_url": [u.encode() for u in URLS],
-    "request_body": list(bodies("captures")) + MALFORMED,
-    "reply_body": list(bodies("replies")) + MALFORMED[:3] + REPLIES_EXTRA,
+    "request_body": list(bodies("captures")) + MALFORMED + VALUES,
+    "reply_body": list(bodies("replies")) + MALFORMED[:3] + REPLIES_EXTRA + REPLY_VALUES,
 }
 
 for target, inputs in TARGETS.items():

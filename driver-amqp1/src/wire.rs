@@ -152,7 +152,8 @@ pub(crate) fn body_json(message: &AmqpMessage, max_message_size: usize) -> Resul
         Body::Data(batch) => Cow::Owned(batch.iter().flat_map(|d| d.0.iter().copied()).collect()),
         Body::Sequence(_) => return Err(Error::invalid_message("AMQP sequence bodies are not oslo messages")),
     };
-    match serde_json::from_slice::<Json>(&text) {
+    // Read as Python's json.loads reads it: NaN, Infinity and big integers included.
+    match pyjson::from_slice(&text) {
         Ok(Json::Object(map)) => Ok(Some(map)),
         Ok(_) => Err(Error::invalid_message("body is not a JSON object")),
         Err(e) => Err(Error::invalid_message(format!("body is not JSON: {e}"))),
@@ -172,7 +173,7 @@ pub(crate) fn parse_request(mut body: JsonMap) -> Result<Request> {
     let message = match body.remove("request") {
         Some(Json::Object(request)) => {
             if request.contains_key(oslo_core::codec::VERSION_KEY) && request.contains_key(oslo_core::codec::MESSAGE_KEY) {
-                let text = serde_json::to_vec(&request)?;
+                let text = pyjson::to_vec(&request)?;
                 oslo_core::codec::decode_body(&text)?
             } else {
                 request

@@ -746,6 +746,10 @@ impl IncomingMessage for FakeIncoming {
         self.request.client_timeout
     }
 
+    fn client_timeout_value(&self) -> Value {
+        self.request.raw_timeout.clone()
+    }
+
     fn expects_reply(&self) -> bool {
         self.request.msg_id.is_some()
     }

@@ -263,6 +263,10 @@ impl IncomingMessage for RabbitIncoming {
         self.request.client_timeout
     }
 
+    fn client_timeout_value(&self) -> Value {
+        self.request.raw_timeout.clone()
+    }
+
     fn expects_reply(&self) -> bool {
         matches!(self.kind, Kind::Rpc { .. }) && self.request.msg_id.is_some()
     }

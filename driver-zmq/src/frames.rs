@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use oslo_core::codec::{seconds_value, JsonMap, MAX_CLIENT_TIMEOUT};
+use oslo_core::pyjson;
 use oslo_core::{Error, Result};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde_json::Value;
@@ -258,6 +259,8 @@ pub struct Request {
     pub unique_id: Option<String>,
     /// `_timeout`: the caller's call-monitor timeout.
     pub client_timeout: Option<Duration>,
+    /// `_timeout` as sent (null when absent): the endpoint context's `client_timeout`.
+    pub raw_timeout: Value,
 }
 
 /// Decode what a ROUTER received: `[identity, b"", b"1.0", type, message id, payload]`.
@@ -285,13 +288,14 @@ pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
         }
     };
     let (context, mut message): (JsonMap, JsonMap) =
-        serde_json::from_slice(&payload).map_err(|e| Error::invalid_message(format!("payload is not [context, message] JSON: {e}")))?;
+        split_payload(&payload).map_err(|e| Error::invalid_message(format!("payload is not [context, message] JSON: {e}")))?;
     let unique_id = match message.remove("_unique_id") {
         Some(Value::String(id)) => Some(id),
         _ => None,
     };
+    let raw_timeout = message.remove("_timeout").unwrap_or(Value::Null);
     // Off the wire: anything absurd (negative, NaN, 1e20) must not panic.
-    let client_timeout = message.remove("_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0).map(|s| {
+    let client_timeout = raw_timeout.as_f64().filter(|s| *s > 0.0).map(|s| {
         if s >= MAX_CLIENT_TIMEOUT.as_secs_f64() {
             MAX_CLIENT_TIMEOUT
         } else {
@@ -306,7 +310,28 @@ pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
         message,
         unique_id,
         client_timeout,
+        raw_timeout,
     })
+}
+
+/// A two-element JSON list, read as Python's `json.loads` reads it (`NaN`, `Infinity` and
+/// integers of any size included: see `oslo_core::pyjson`).
+fn pair(bytes: &[u8]) -> std::result::Result<(Value, Value), String> {
+    match pyjson::from_slice(bytes).map_err(|e| e.to_string())? {
+        Value::Array(items) if items.len() == 2 => {
+            let mut items = items.into_iter();
+            Ok((items.next().expect("two items"), items.next().expect("two items")))
+        }
+        _ => Err("not a list of two values".into()),
+    }
+}
+
+/// A request payload: `[context, message]`, both objects.
+fn split_payload(bytes: &[u8]) -> std::result::Result<(JsonMap, JsonMap), String> {
+    match pair(bytes)? {
+        (Value::Object(context), Value::Object(message)) => Ok((context, message)),
+        _ => Err("context and message must be objects".into()),
+    }
 }
 
 /// A reply as a DEALER received it.
@@ -345,8 +370,8 @@ pub fn decode_response(frames: ZmqMessage) -> Result<Response> {
     match (MessageType::parse(&frames[2]), frames.len()) {
         (Some(MessageType::Ack), 4) => Ok(Response::Heartbeat(message_id)),
         (Some(MessageType::Reply), 5) => {
-            let (result, failure): (Value, Value) = serde_json::from_slice(&frames[4])
-                .map_err(|e| Error::invalid_message(format!("reply payload is not [result, failure] JSON: {e}")))?;
+            let (result, failure) =
+                pair(&frames[4]).map_err(|e| Error::invalid_message(format!("reply payload is not [result, failure] JSON: {e}")))?;
             let mut map = JsonMap::new();
             map.insert("result".into(), result);
             map.insert("failure".into(), failure);

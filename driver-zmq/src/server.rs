@@ -482,6 +482,10 @@ impl IncomingMessage for ZmqIncoming {
         self.request.client_timeout
     }
 
+    fn client_timeout_value(&self) -> Value {
+        self.request.raw_timeout.clone()
+    }
+
     fn expects_reply(&self) -> bool {
         self.request.kind == MessageType::Call
     }

@@ -2,7 +2,9 @@
 //! `_context_*` keys, replies with `result` / `failure` / `ending`.
 //!
 //! Output is byte-identical to oslo.messaging 18.3.1 for the same input and ids (Python
-//! `json.dumps` style, see [`crate::pyjson`]); input may be any valid JSON.
+//! `json.dumps` style, see [`crate::pyjson`]); input is anything Python's `json.loads` reads,
+//! including the bare `NaN` / `Infinity` / `-Infinity` that `json.dumps` writes for non-finite
+//! floats, and integers of any size come back digit for digit.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -205,8 +207,12 @@ pub fn check_message_size(len: usize, limit: usize) -> Result<()> {
 
 /// Decode a body (oslo `deserialize_msg`): an enveloped message is unwrapped after checking
 /// its version; a dict without both envelope keys is returned as is (a "1.0" message).
+///
+/// Both levels are read as `jsonutils.loads` reads them ([`pyjson::from_slice`]): oslo's
+/// `_drivers/common.py::deserialize_msg` loads the envelope, then `oslo.message`, each with
+/// `json.loads`, so `NaN` and `Infinity` may appear in either.
 pub fn decode_body(body: &[u8]) -> Result<JsonMap> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Error::invalid_message(format!("body is not JSON: {e}")))?;
+    let value: Value = pyjson::from_slice(body).map_err(|e| Error::invalid_message(format!("body is not JSON: {e}")))?;
     let Value::Object(mut outer) = value else {
         return Err(Error::invalid_message("body is not a JSON object"));
     };
@@ -220,7 +226,7 @@ pub fn decode_body(body: &[u8]) -> Result<JsonMap> {
     let Some(Value::String(inner)) = outer.remove(MESSAGE_KEY) else {
         return Err(Error::invalid_message("oslo.message is not a string"));
     };
-    match serde_json::from_str(&inner) {
+    match pyjson::from_str(&inner) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::invalid_message("oslo.message is not a JSON object")),
         Err(e) => Err(Error::invalid_message(format!("oslo.message is not JSON: {e}"))),
@@ -240,6 +246,9 @@ pub struct IncomingRequest {
     pub reply_q: Option<String>,
     /// `_timeout`: the client's call-monitor timeout.
     pub client_timeout: Option<Duration>,
+    /// `_timeout` exactly as sent (null when absent), which oslo hands endpoints as the
+    /// context's `client_timeout` (see [`endpoint_context`]).
+    pub raw_timeout: Value,
     /// `_unique_id`, for duplicate detection.
     pub unique_id: Option<String>,
 }
@@ -265,6 +274,7 @@ pub fn decode_request(map: JsonMap) -> IncomingRequest {
                         Duration::from_secs_f64(s)
                     }
                 });
+                request.raw_timeout = value;
             }
             _ => {
                 request.message.insert(key, value);
@@ -272,6 +282,23 @@ pub fn decode_request(map: JsonMap) -> IncomingRequest {
         }
     }
     request
+}
+
+/// The context an RPC endpoint is called with, as oslo's rabbit driver builds it
+/// (`_drivers/amqp.py::unpack_context` and `RpcContext.__init__`, then
+/// `amqpdriver.py::AMQPListener.__call__` passes `ctxt.to_dict()` to the dispatcher): the
+/// request's `_context_*` keys, plus `client_timeout` set to the request's `_timeout` as sent
+/// (`msg.pop('_timeout', None)`: null for casts and for calls without a call-monitor timeout),
+/// minus `msg_id` and `reply_q` (`unpack_context` sets them from `_msg_id` / `_reply_q`, over any
+/// context keys of those names, and `RpcContext` pops them). A `client_timeout` context key
+/// keeps its place and takes the `_timeout` value, as the Python dict assignment does.
+pub fn endpoint_context(context: &JsonMap, raw_timeout: Value) -> JsonMap {
+    let mut context = context.clone();
+    // `shift_remove` keeps the other keys in order (Python dicts keep insertion order).
+    context.shift_remove("msg_id");
+    context.shift_remove("reply_q");
+    context.insert("client_timeout".into(), raw_timeout);
+    context
 }
 
 /// An RPC reply (or call-monitor heartbeat).
@@ -364,7 +391,7 @@ impl Reply {
             Some(Value::String(text)) => Some(RemoteError::from_failure_json(&text).unwrap_or_else(|_| unreadable(text))),
             // Tolerate a failure sent as an object rather than a JSON string.
             Some(object @ Value::Object(_)) => {
-                Some(serde_json::from_value(object.clone()).unwrap_or_else(|_| unreadable(object.to_string())))
+                Some(RemoteError::from_value(object.clone()).unwrap_or_else(|_| unreadable(object.to_string())))
             }
             Some(other) => Some(unreadable(other.to_string())),
         };
@@ -624,6 +651,84 @@ mod tests {
         let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": 42222222222222222222222222222222222222222222222222222222222222, \"f\": 0.30000000000000004}"}"#;
         let map = decode_body(body).unwrap();
         assert_eq!(decode_body(&encode_envelope(&map).unwrap()).unwrap(), map);
+    }
+
+    #[test]
+    fn big_integers_and_non_finite_floats_survive_byte_for_byte() {
+        // As Python 18.3.1 writes them (`serialize_msg` = json.dumps twice): echo(2**64+1),
+        // echo(-2**63-1) and echo([nan, inf, -inf]), with "NaN" in a string left alone.
+        let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"echo\", \"args\": {\"big\": 18446744073709551617, \"neg\": -9223372036854775809, \"f\": [NaN, Infinity, -Infinity], \"s\": \"NaN Infinity\"}, \"_msg_id\": \"m\", \"_reply_q\": \"r\", \"_timeout\": null, \"_unique_id\": \"u\", \"_context_x\": NaN}"}"#;
+        let request = decode_request(decode_body(body).unwrap());
+        let args = request.message["args"].as_object().unwrap();
+        assert_eq!(args["big"].to_string(), "18446744073709551617");
+        assert_eq!(args["neg"].to_string(), "-9223372036854775809");
+        let floats: Vec<f64> = args["f"].as_array().unwrap().iter().map(|v| pyjson::as_float(v).unwrap()).collect();
+        assert!(floats[0].is_nan());
+        assert_eq!(floats[1..], [f64::INFINITY, f64::NEG_INFINITY]);
+        assert_eq!(args["s"], json!("NaN Infinity"));
+        assert!(pyjson::as_float(&request.context["x"]).unwrap().is_nan());
+        let call = CallFields {
+            msg_id: "m",
+            reply_q: "r",
+            call_monitor_timeout: None,
+        };
+        let again = encode_request_body(&request.message, &request.context, Some(&call), "u", true).unwrap();
+        assert_eq!(String::from_utf8(again).unwrap(), String::from_utf8(body.to_vec()).unwrap());
+
+        // The reply a Python server sends for echo(nan), and a v1 (unenveloped) body with the
+        // tokens in the outer document.
+        let reply = br#"{"oslo.version": "2.0", "oslo.message": "{\"result\": NaN, \"failure\": null, \"ending\": true, \"_msg_id\": \"m\", \"_unique_id\": \"u\"}"}"#;
+        let decoded = Reply::from_map(decode_body(reply).unwrap()).unwrap();
+        assert!(pyjson::as_float(&decoded.result).unwrap().is_nan());
+        assert_eq!(decoded.encode().unwrap(), reply.to_vec());
+        let plain = br#"{"event_type": "e", "payload": {"v": -Infinity, "n": 340282366920938463463374607431768211457}}"#;
+        assert_eq!(encode_plain(&decode_body(plain).unwrap()).unwrap(), plain.to_vec());
+    }
+
+    #[test]
+    fn a_failure_keeps_non_finite_args() {
+        let failure = r#"{"class": "ValueError", "module": "builtins", "message": "nan", "tb": [], "args": [NaN, 18446744073709551617], "kwargs": {"x": Infinity}}"#;
+        let remote = RemoteError::from_failure_json(failure).unwrap();
+        assert_eq!(remote.exc_type, "ValueError");
+        assert_eq!(remote.to_failure_json(), failure);
+        let object = pyjson::from_str(failure).unwrap();
+        let mut reply = map(json!({"_msg_id": "x", "ending": true}));
+        reply.insert("failure".into(), object); // (json! would reject the NaN inside)
+        let reply = Reply::from_map(reply).unwrap();
+        assert_eq!(reply.failure.unwrap(), remote, "a failure sent as an object reads the same");
+    }
+
+    #[test]
+    fn endpoint_context_is_unpack_context() {
+        // `_timeout` as sent: an integer stays an integer, a float a float, absent is null.
+        for (timeout, expected) in [
+            (Some(json!(2)), "2"),
+            (Some(json!(2.5)), "2.5"),
+            (Some(Value::Null), "null"),
+            (None, "null"),
+        ] {
+            let mut wire = map(json!({"method": "m", "_msg_id": "id", "_reply_q": "q", "_context_user": "u"}));
+            if let Some(timeout) = timeout {
+                wire.insert("_timeout".into(), timeout);
+            }
+            let request = decode_request(wire);
+            let context = endpoint_context(&request.context, request.raw_timeout.clone());
+            assert_eq!(
+                pyjson::to_string(&context).unwrap(),
+                format!(r#"{{"user": "u", "client_timeout": {expected}}}"#)
+            );
+        }
+        // Context keys named like the routing fields are overwritten by them and popped
+        // (RpcContext.__init__); a `client_timeout` key keeps its place, as in the Python dict.
+        let request = decode_request(map(json!({
+            "method": "m", "_timeout": 4, "_context_msg_id": "x", "_context_client_timeout": 9,
+            "_context_user": "u", "_context_reply_q": "y", "_context_roles": ["r"]
+        })));
+        let context = endpoint_context(&request.context, request.raw_timeout.clone());
+        assert_eq!(
+            pyjson::to_string(&context).unwrap(),
+            r#"{"client_timeout": 4, "user": "u", "roles": ["r"]}"#
+        );
     }
 
     #[test]

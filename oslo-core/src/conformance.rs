@@ -86,6 +86,8 @@ pub fn cases() -> Vec<Case> {
         case!(version_cap_rejects_newer),
         case!(ping_endpoint),
         case!(context_round_trip),
+        case!(client_timeout_in_context, call_monitor),
+        case!(values_survive_exactly),
         case!(payload_types),
         case!(payload_must_serialize),
         case!(casts_in_order),
@@ -572,7 +574,73 @@ pub async fn context_round_trip(transport: Transport) {
         "is_admin": true, "auth_token": null, "nested": {"a": [1, 2, {"b": "c"}]}, "unicode": "ünïcødé ✓"
     }));
     let got = client(&transport, &topic).call(&context, "context", json!({})).await.expect("call");
-    assert_eq!(got, Value::Object(context));
+    // Plus `client_timeout` (null: no call monitor), as oslo's unpack_context adds it.
+    let mut expected = context;
+    expected.insert("client_timeout".into(), Value::Null);
+    assert_eq!(got, Value::Object(expected));
+    server.shutdown().await;
+}
+
+/// The endpoint's context carries the caller's call-monitor timeout as `client_timeout`
+/// (oslo `_drivers/amqp.py::unpack_context`): as sent, null without a call monitor.
+pub async fn client_timeout_in_context(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let seen = |got: Value| got.get("client_timeout").cloned().expect("client_timeout in the context");
+    for (monitor, expected) in [(Duration::from_secs(2), json!(2)), (Duration::from_millis(1500), json!(1.5))] {
+        let got = client
+            .clone()
+            .call_monitor_timeout(monitor)
+            .call(&ctxt(), "context", json!({}))
+            .await
+            .expect("call");
+        assert_eq!(seen(got), expected, "call_monitor_timeout {monitor:?}");
+    }
+    let got = client.call(&ctxt(), "context", json!({})).await.expect("call");
+    assert_eq!(seen(got), Value::Null, "no call monitor");
+    server.shutdown().await;
+}
+
+/// Integers of any size and non-finite floats come back exactly, as between two Python
+/// processes (`json.dumps` writes `NaN`, `Infinity`, `-Infinity` bare and keeps every digit).
+pub async fn values_survive_exactly(transport: Transport) {
+    let topic = topic();
+    let server = start_server(&transport, &topic, "server-a", Recorder::default()).await;
+    let client = client(&transport, &topic);
+    let text = r#"[18446744073709551617, -9223372036854775809, 1000000000000000000000000000000000000000, NaN, Infinity, -Infinity, "NaN", 1e+16, -0.0, 0.1, [NaN, {"k": -Infinity}]]"#;
+    let Value::Array(values) = crate::pyjson::from_str(text).expect("valid") else {
+        unreachable!()
+    };
+    for value in values {
+        // A JsonMap, not json!: json! cannot hold a NaN number.
+        let mut args = JsonMap::new();
+        args.insert("value".into(), value.clone());
+        let got = client.call(&ctxt(), "echo", &args).await.expect("echo");
+        assert_eq!(
+            crate::pyjson::to_string(&got).unwrap(),
+            crate::pyjson::to_string(&value).unwrap(),
+            "round trip"
+        );
+        assert_eq!(got, value);
+    }
+    // Typed both ways: an f64 argument and result.
+    #[derive(serde::Serialize)]
+    struct Floats {
+        value: Vec<f64>,
+    }
+    let got: Vec<f64> = client
+        .call_as(
+            &ctxt(),
+            "echo",
+            Floats {
+                value: vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.5],
+            },
+        )
+        .await
+        .expect("echo floats");
+    assert!(got[0].is_nan());
+    assert_eq!(got[1..], [f64::INFINITY, f64::NEG_INFINITY, 2.5]);
     server.shutdown().await;
 }
 

@@ -117,6 +117,15 @@ pub trait IncomingMessage: Send + Sync + fmt::Debug {
     /// The caller's call-monitor timeout (`_timeout`), if it asked for heartbeats.
     fn client_timeout(&self) -> Option<Duration>;
 
+    /// `_timeout` exactly as the request carried it (null when absent), which the RPC server
+    /// hands endpoints as the context's `client_timeout` (oslo's `unpack_context`, see
+    /// [`crate::codec::endpoint_context`]). Drivers that keep the decoded request return
+    /// [`crate::codec::IncomingRequest::raw_timeout`]; the default rebuilds it from
+    /// [`IncomingMessage::client_timeout`] (whole seconds as an integer, as oslo sends them).
+    fn client_timeout_value(&self) -> Value {
+        self.client_timeout().map_or(Value::Null, crate::codec::seconds_value)
+    }
+
     /// Whether the sender waits for a reply (a call).
     fn expects_reply(&self) -> bool;
 

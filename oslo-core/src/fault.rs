@@ -693,6 +693,10 @@ impl IncomingMessage for FaultyIncoming {
         self.shared.message.client_timeout()
     }
 
+    fn client_timeout_value(&self) -> Value {
+        self.shared.message.client_timeout_value()
+    }
+
     fn expects_reply(&self) -> bool {
         self.shared.message.expects_reply()
     }

@@ -63,9 +63,56 @@ impl RemoteError {
         pyjson::to_string(this).expect("a RemoteError always serializes")
     }
 
-    /// Decode oslo's failure JSON string.
+    /// Decode oslo's failure JSON string (read as `json.loads` reads it: a Python exception's
+    /// `args` may hold `NaN` or a big integer).
     pub fn from_failure_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::invalid_message(format!("bad remote failure JSON: {e}")))
+        let value = pyjson::from_str(text).map_err(|e| Error::invalid_message(format!("bad remote failure JSON: {e}")))?;
+        Self::from_value(value).map_err(|e| Error::invalid_message(format!("bad remote failure JSON: {e}")))
+    }
+
+    /// Read a decoded failure dict: `class`, `module` and `message` are required strings, `tb`
+    /// a list of strings, `args` a list and `kwargs` a dict (each may be absent); other keys
+    /// are ignored. Read by hand rather than through `Deserialize` so that `args` and `kwargs`
+    /// keep their values exactly (serde_json's `Value` deserializer rejects `NaN`).
+    pub fn from_value(value: Value) -> std::result::Result<Self, String> {
+        let Value::Object(mut map) = value else {
+            return Err(format!("expected a failure dict, got {value}"));
+        };
+        let mut string = |key: &str| match map.remove(key) {
+            Some(Value::String(text)) => Ok(text),
+            Some(other) => Err(format!("`{key}` is not a string: {other}")),
+            None => Err(format!("missing field `{key}`")),
+        };
+        let (exc_type, module, message) = (string("class")?, string("module")?, string("message")?);
+        let tb = match map.remove("tb") {
+            None => Vec::new(),
+            Some(Value::Array(lines)) => lines
+                .into_iter()
+                .map(|line| match line {
+                    Value::String(line) => Ok(line),
+                    other => Err(format!("`tb` holds a non-string: {other}")),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+            Some(other) => return Err(format!("`tb` is not a list: {other}")),
+        };
+        let args = match map.remove("args") {
+            None => Vec::new(),
+            Some(Value::Array(args)) => args,
+            Some(other) => return Err(format!("`args` is not a list: {other}")),
+        };
+        let kwargs = match map.remove("kwargs") {
+            None => Map::new(),
+            Some(Value::Object(kwargs)) => kwargs,
+            Some(other) => return Err(format!("`kwargs` is not a dict: {other}")),
+        };
+        Ok(RemoteError {
+            exc_type,
+            module,
+            message,
+            tb,
+            args,
+            kwargs,
+        })
     }
 
     /// The traceback joined into one string, as Python prints it.

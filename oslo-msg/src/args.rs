@@ -7,7 +7,8 @@ use oslo_messaging::JsonMap;
 use serde_json::Value;
 
 /// Parse RPC arguments or a notification payload: `key=value` gives the string `"value"`,
-/// `key:=json` gives the parsed JSON (`n:=3`, `flag:=true`, `ids:='[1,2]'`, `x:=null`).
+/// `key:=json` gives the parsed JSON (`n:=3`, `flag:=true`, `ids:='[1,2]'`, `x:=null`,
+/// `f:=NaN`).
 pub fn parse_kwargs(items: &[String]) -> Result<JsonMap, String> {
     let mut kwargs = JsonMap::new();
     for item in items {
@@ -17,7 +18,8 @@ pub fn parse_kwargs(items: &[String]) -> Result<JsonMap, String> {
         let (key, value) = match item[..eq].strip_suffix(':') {
             Some(key) => {
                 let text = &item[eq + 1..];
-                let value: Value = serde_json::from_str(text)
+                // As Python's json.loads reads it: `x:=NaN`, `n:=18446744073709551617` work too.
+                let value: Value = oslo_messaging::pyjson::from_str(text)
                     .map_err(|e| format!("argument {key:?}: {text:?} is not valid JSON ({e}); use {key}=TEXT for a string"))?;
                 (key, value)
             }
@@ -35,7 +37,7 @@ pub fn parse_kwargs(items: &[String]) -> Result<JsonMap, String> {
 
 /// Parse a JSON object (for `--context` and `--payload`); `what` names the option in errors.
 pub fn parse_json_object(text: &str, what: &str) -> Result<JsonMap, String> {
-    match serde_json::from_str::<Value>(text) {
+    match oslo_messaging::pyjson::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!("{what} must be a JSON object, got {}", kind_of(&other))),
         Err(e) => Err(format!("{what} is not valid JSON: {e}")),

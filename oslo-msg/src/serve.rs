@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use oslo_messaging::{Endpoint, HandlerError, JsonMap, RpcServer, Target, Transport};
+use oslo_messaging::{pyjson, Endpoint, HandlerError, JsonMap, RpcServer, Target, Transport};
 use serde_json::{json, Number, Value};
 
 use crate::failure::Failure;
@@ -66,7 +66,8 @@ pub fn demo_endpoint(server: &str, namespace: Option<&str>, version: &str, hook:
         })
 }
 
-/// `add(a, b)`: integers stay integers (unless they overflow), anything numeric else is a float.
+/// `add(a, b)`: integers stay integers (exactly, up to i128), anything numeric else is a float
+/// (`NaN` and the infinities included, as in Python).
 fn add(args: &Value) -> Result<Value, Box<HandlerError>> {
     let operand = |key: &str| {
         args.get(key).and_then(Value::as_number).cloned().ok_or_else(|| {
@@ -77,15 +78,15 @@ fn add(args: &Value) -> Result<Value, Box<HandlerError>> {
         })
     };
     let (a, b) = (operand("a")?, operand("b")?);
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+    // Python ints do not overflow; i128 covers any sum of two 64-bit ones.
+    if let (Some(x), Some(y)) = (a.as_i128(), b.as_i128()) {
         if let Some(sum) = x.checked_add(y) {
-            return Ok(Value::from(sum));
+            return Ok(Value::Number(Number::from_i128(sum).expect("arbitrary_precision holds any i128")));
         }
     }
-    let sum = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
-    Number::from_f64(sum)
-        .map(Value::Number)
-        .ok_or_else(|| Box::new(HandlerError::new("ValueError", "the sum is not a finite number")))
+    // Python floats: NaN and the infinities are values like any other (`inf + 1 == inf`).
+    let float = |n: &Number| pyjson::as_float(&Value::Number(n.clone())).unwrap_or(f64::NAN);
+    Ok(pyjson::float_value(float(&a) + float(&b)))
 }
 
 /// Start a demo server on `target` (topic and server set).
@@ -113,7 +114,9 @@ mod tests {
     fn add_keeps_integers_and_rejects_strings() {
         assert_eq!(add(&json!({"a": 40, "b": 2})).unwrap(), json!(42));
         assert_eq!(add(&json!({"a": 0.5, "b": 2})).unwrap(), json!(2.5));
-        assert_eq!(add(&json!({"a": i64::MAX, "b": 1})).unwrap(), json!(i64::MAX as f64 + 1.0));
+        assert_eq!(add(&json!({"a": i64::MAX, "b": 1})).unwrap().to_string(), "9223372036854775808");
+        let inf = add(&pyjson::from_str(r#"{"a": Infinity, "b": 1}"#).unwrap()).unwrap();
+        assert_eq!(pyjson::to_string(&inf).unwrap(), "Infinity");
         let err = add(&json!({"a": "1", "b": 2})).unwrap_err();
         assert_eq!(err.remote().exc_type, "TypeError");
     }

@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oslo_messaging::{context, get_transport, Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Target, Transport};
+use oslo_messaging::{context, get_transport, pyjson, Endpoint, Error, HandlerError, JsonMap, RpcClient, RpcServer, Target, Transport};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -237,7 +237,8 @@ async fn py_batch(env: &Interop, topic: &str, ops: &[Value]) -> Vec<Value> {
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", env.python.display()));
-    let input = serde_json::to_vec(ops).expect("ops serialize");
+    // Python's JSON: values may hold NaN / Infinity, which py_client's json.load reads.
+    let input = pyjson::to_vec(ops).expect("ops serialize");
     let mut stdin = child.stdin.take().expect("piped stdin");
     let writer = tokio::spawn(async move {
         stdin.write_all(&input).await?;
@@ -261,7 +262,7 @@ async fn py_batch(env: &Interop, topic: &str, ops: &[Value]) -> Vec<Value> {
     let results: Vec<Value> = stdout
         .lines()
         .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("py_client.py printed a non-JSON line ({e}): {line}")))
+        .map(|line| pyjson::from_str(line).unwrap_or_else(|e| panic!("py_client.py printed a non-JSON line ({e}): {line}")))
         .collect();
     assert!(
         output.status.success() && results.len() == ops.len(),
@@ -312,7 +313,8 @@ fn describe(value: &Value) -> Value {
     match value {
         Value::Null => json!("null"),
         Value::Bool(_) => json!("bool"),
-        Value::Number(n) if n.is_f64() => json!("float"),
+        // (not Number::is_f64, which says false for NaN and the infinities)
+        Value::Number(_) if pyjson::is_float(value) => json!("float"),
         Value::Number(_) => json!("int"),
         Value::String(_) => json!("str"),
         Value::Array(items) => Value::Array(items.iter().map(describe).collect()),
@@ -530,6 +532,37 @@ fn type_probe() -> (Value, Value) {
     )
 }
 
+/// Values that must survive exactly between Python and Rust ("Reliability II"), from JSON text
+/// (`json!` cannot hold a NaN number): 2**64+1, -2**63-1, 10**39, the non-finite floats, a
+/// string that says NaN, and floats Python writes with an exponent or a sign.
+fn exact_values() -> Vec<Value> {
+    let text = r#"[18446744073709551617, -9223372036854775809, 1000000000000000000000000000000000000000, NaN, Infinity, -Infinity, "NaN", 1e+16, -0.0, [NaN, {"k": -Infinity, "big": 340282366920938463463374607431768211457}]]"#;
+    match pyjson::from_str(text).expect("valid") {
+        Value::Array(values) => values,
+        _ => unreachable!(),
+    }
+}
+
+/// `{"value": value}` and a py_client operation calling `method` with it (built by hand:
+/// `json!` cannot hold a NaN number).
+fn value_args(value: &Value) -> JsonMap {
+    let mut args = JsonMap::new();
+    args.insert("value".into(), value.clone());
+    args
+}
+
+fn value_op(method: &str, value: &Value) -> Value {
+    let mut op = context(json!({"method": method, "timeout": 30}));
+    op.insert("args".into(), Value::Object(value_args(value)));
+    Value::Object(op)
+}
+
+/// A probe for the Python types of exact values, and what Python's `describe` says of it.
+fn exact_type_probe() -> (Value, Value) {
+    let probe = pyjson::from_str(r#"[18446744073709551617, -9223372036854775809, NaN, Infinity, -Infinity, 1e+16, 2]"#).unwrap();
+    (probe, json!(["int", "int", "float", "float", "float", "float", "int"]))
+}
+
 fn request_context() -> Value {
     json!({
         "user_id": "u-interop",
@@ -668,6 +701,88 @@ async fn rust_client_to_py_server_json_types() {
     let types = client.call(&ctxt, "describe", json!({"value": probe})).await.expect("describe");
     assert_eq!(types, expected_types, "Python server saw wrong JSON number kinds from Rust");
     assert_eq!(client.call(&ctxt, "add", json!({"a": 40, "b": 2})).await.expect("add"), json!(42));
+
+    transport.cleanup().await;
+    py.stop().await;
+    delete_topic_queues(&env, &topic, &["py-1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+async fn py_client_to_rust_server_exact_values() {
+    let env = interop_or_skip!();
+    let topic = unique_topic("exact-py2rs");
+    let transport = transport(&env);
+    let server = RustServer::start(&transport, &topic, "rs-1").await;
+
+    // Python's echo(2**64+1), echo(float("nan")), ... against the Rust server.
+    let values = exact_values();
+    let mut ops: Vec<Value> = values.iter().map(|value| value_op("echo", value)).collect();
+    let (probe, expected_types) = exact_type_probe();
+    ops.push(value_op("describe", &probe));
+    ops.push(json!({"method": "client_timeout", "timeout": 30, "call_monitor_timeout": 2}));
+    ops.push(json!({"method": "client_timeout", "timeout": 30}));
+    let results = py_batch(&env, &topic, &ops).await;
+
+    for (value, out) in values.iter().zip(&results) {
+        assert_eq!(
+            pyjson::to_string(py_ok(out)).unwrap(),
+            pyjson::to_string(value).unwrap(),
+            "echo via Python client -> Rust server"
+        );
+    }
+    let n = values.len();
+    assert_eq!(py_ok(&results[n]), &expected_types, "the Rust server saw the Python types");
+    assert_eq!(
+        py_ok(&results[n + 1]),
+        &json!(2),
+        "ctxt['client_timeout'] with call_monitor_timeout=2"
+    );
+    assert_eq!(
+        py_ok(&results[n + 2]),
+        &Value::Null,
+        "ctxt['client_timeout'] without a call monitor"
+    );
+
+    server.stop().await;
+    transport.cleanup().await;
+    delete_topic_queues(&env, &topic, &["rs-1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(oslo_broker_rabbit), ignore = "OSLO_TEST_RABBIT_URL is not set")]
+async fn rust_client_to_py_server_exact_values() {
+    let env = interop_or_skip!();
+    let topic = unique_topic("exact-rs2py");
+    let py = PyServer::start(&env, &topic, "py-1").await;
+    let transport = transport(&env);
+    let client = rust_client(&transport, &topic);
+    let ctxt = context(json!({}));
+
+    for value in exact_values() {
+        let result = client
+            .call(&ctxt, "echo", value_args(&value))
+            .await
+            .unwrap_or_else(|e| panic!("echo of {value} via Rust client -> Python server failed: {e}"));
+        assert_eq!(
+            pyjson::to_string(&result).unwrap(),
+            pyjson::to_string(&value).unwrap(),
+            "echo via Rust client -> Python server"
+        );
+    }
+    let (probe, expected_types) = exact_type_probe();
+    let types = client.call(&ctxt, "describe", value_args(&probe)).await.expect("describe");
+    assert_eq!(
+        types, expected_types,
+        "the Python server saw big ints as int, NaN/Infinity as float"
+    );
+    // An f64 result from Python's float("inf") and float("nan").
+    let floats: Vec<f64> = client
+        .call_as(&ctxt, "echo", value_args(&exact_type_probe().0))
+        .await
+        .expect("echo as f64");
+    assert!(floats[2].is_nan());
+    assert_eq!(floats[3..5], [f64::INFINITY, f64::NEG_INFINITY]);
 
     transport.cleanup().await;
     py.stop().await;

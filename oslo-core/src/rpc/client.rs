@@ -187,9 +187,12 @@ impl RpcClient {
     }
 
     /// [`RpcClient::call`] and deserialize the result into `R`.
-    pub async fn call_as<R: DeserializeOwned>(&self, context: &JsonMap, method: &str, args: impl Serialize) -> Result<R> {
+    ///
+    /// `R = Value` or `JsonMap` takes the result as it is; an `f64` reads `NaN` and `Infinity`
+    /// (see [`crate::pyjson::from_value`]).
+    pub async fn call_as<R: DeserializeOwned + 'static>(&self, context: &JsonMap, method: &str, args: impl Serialize) -> Result<R> {
         let value = self.call(context, method, args).await?;
-        serde_json::from_value(value).map_err(|e| Error::Serialization(format!("cannot decode the result of {method}: {e}")))
+        crate::pyjson::from_value(value).map_err(|e| Error::Serialization(format!("cannot decode the result of {method}: {e}")))
     }
 
     /// Invoke `method` without waiting for a result; returns once the driver has handed the
@@ -228,7 +231,8 @@ impl RpcClient {
                 version_cap: self.version_cap.clone().unwrap_or_default(),
             });
         }
-        let args = match serde_json::to_value(args)? {
+        // Every number exactly, non-finite floats included (serde_json's to_value makes them null).
+        let args = match crate::pyjson::to_value(&args)? {
             Value::Object(map) => map,
             Value::Null => JsonMap::new(),
             other => {

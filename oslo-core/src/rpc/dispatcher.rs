@@ -1,5 +1,6 @@
 //! The RPC dispatcher: endpoints, namespace/version matching, access policy (oslo `rpc/dispatcher.py`).
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::codec::JsonMap;
+use crate::pyjson;
 use crate::remote::{HandlerError, RemoteError};
 use crate::serializer::Serializer;
 use crate::target::{version_is_compatible, Target};
@@ -136,18 +138,15 @@ impl Endpoint {
     {
         let method_name = name.clone();
         let handler: Handler = Arc::new(move |context, args| {
-            let args: A = match serde_json::from_value(args) {
+            let args: A = match handler_args(&method_name, args) {
                 Ok(args) => args,
-                Err(e) => {
-                    // Python raises TypeError for wrong keyword arguments.
-                    let error = HandlerError::new("TypeError", format!("{method_name}() got invalid arguments: {e}"));
-                    return async move { Err(error) }.boxed();
-                }
+                Err(error) => return async move { Err(error) }.boxed(),
             };
             let future = handler(context, args);
             async move {
                 let value = future.await?;
-                serde_json::to_value(value).map_err(|e| HandlerError::new("TypeError", format!("result is not JSON serializable: {e}")))
+                // Exactly, non-finite floats included (serde_json's to_value makes them null).
+                pyjson::into_value(value).map_err(|e| HandlerError::new("TypeError", format!("result is not JSON serializable: {e}")))
             }
             .boxed()
         });
@@ -159,6 +158,30 @@ impl Endpoint {
     pub fn method_names(&self) -> impl Iterator<Item = &str> {
         self.methods.keys().map(String::as_str)
     }
+}
+
+/// The keyword arguments as the handler's argument type.
+///
+/// * `()`: a method without parameters (Python `def method(self, ctxt)`), which takes no keyword
+///   arguments: any given is the `TypeError` Python raises calling it (`method() got an
+///   unexpected keyword argument 'x'`, naming the first, as `func(ctxt, **new_args)` in
+///   `rpc/dispatcher.py::_do_dispatch` does).
+/// * `JsonMap` / `Value`: handed over as they are (every value exact, see [`pyjson::from_value`]).
+/// * anything else: deserialized; a mismatch is Python's `TypeError` for wrong arguments.
+#[allow(clippy::result_large_err)] // HandlerError is what handlers return; it is not boxed anywhere.
+fn handler_args<A: DeserializeOwned + 'static>(method: &str, args: Value) -> Result<A, HandlerError> {
+    if TypeId::of::<A>() == TypeId::of::<()>() {
+        if let Some(key) = args.as_object().and_then(|args| args.keys().next()) {
+            return Err(HandlerError::new(
+                "TypeError",
+                format!("{method}() got an unexpected keyword argument '{key}'"),
+            ));
+        }
+        // An empty dict is no arguments at all; serde reads `()` only from null.
+        return pyjson::from_value(Value::Null)
+            .map_err(|e| HandlerError::new("TypeError", format!("{method}() got invalid arguments: {e}")));
+    }
+    pyjson::from_value(args).map_err(|e| HandlerError::new("TypeError", format!("{method}() got invalid arguments: {e}")))
 }
 
 /// Routes incoming requests to endpoint methods, exactly as oslo's `RPCDispatcher`.
@@ -414,6 +437,108 @@ mod tests {
                 .unwrap(),
             json!("first")
         );
+    }
+
+    /// A request dict as read off the wire (json! cannot hold NaN).
+    fn wire(text: &str) -> JsonMap {
+        match pyjson::from_str(text).unwrap() {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn values_reach_handlers_and_come_back_exactly() {
+        #[derive(serde::Deserialize)]
+        struct Floats {
+            x: f64,
+            y: f64,
+            z: Option<f64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Big {
+            n: i128,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Nested {
+            v: Value,
+        }
+        let ep = echo_endpoint(Target::default())
+            .method("floats", |_c, a: Floats| async move {
+                Ok::<_, HandlerError>((a.x.is_nan(), a.y, a.z.map(|z| z.to_string())))
+            })
+            .method("inf", |_c, _a: ()| async move {
+                Ok::<_, HandlerError>(vec![f64::INFINITY, f64::NEG_INFINITY, f64::NAN])
+            })
+            .method("big", |_c, a: Big| async move { Ok::<_, HandlerError>(a.n - 1) })
+            .method("nested", |_c, _a: Nested| async move { Ok::<_, HandlerError>(()) });
+        let d = dispatcher(vec![ep], AccessPolicy::Default);
+        let result = |value: Value| pyjson::to_string(&value).unwrap();
+
+        let echoed = d
+            .dispatch(
+                JsonMap::new(),
+                &wire(r#"{"method": "echo", "args": {"a": 18446744073709551617, "b": -9223372036854775809, "c": [NaN, Infinity, -Infinity, 1e400], "d": "NaN"}}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            result(echoed),
+            r#"{"a": 18446744073709551617, "b": -9223372036854775809, "c": [NaN, Infinity, -Infinity, Infinity], "d": "NaN"}"#
+        );
+        let floats = d
+            .dispatch(
+                JsonMap::new(),
+                &wire(r#"{"method": "floats", "args": {"x": NaN, "y": -Infinity, "z": Infinity}}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            result(floats),
+            r#"[true, -Infinity, "inf"]"#,
+            "an f64 argument gets the non-finite float"
+        );
+        let inf = d.dispatch(JsonMap::new(), &wire(r#"{"method": "inf", "args": {}}"#)).await.unwrap();
+        assert_eq!(
+            result(inf),
+            "[Infinity, -Infinity, NaN]",
+            "an f64 result is sent as Python writes it"
+        );
+        let big = d
+            .dispatch(JsonMap::new(), &wire(r#"{"method": "big", "args": {"n": 18446744073709551617}}"#))
+            .await
+            .unwrap();
+        assert_eq!(result(big), "18446744073709551616");
+        // serde_json's Value deserializer cannot hold NaN: a loud TypeError, not a changed value.
+        let nested = d
+            .dispatch(JsonMap::new(), &wire(r#"{"method": "nested", "args": {"v": NaN}}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(nested.exc_type, "TypeError");
+    }
+
+    #[tokio::test]
+    async fn unit_arguments_take_no_keyword_arguments() {
+        let ep = Endpoint::new().method("echo", |_c, _a: ()| async move { Ok::<_, HandlerError>("no args") });
+        let d = dispatcher(vec![ep], AccessPolicy::Default);
+        for request in [
+            json!({"method": "echo", "args": {}}),
+            json!({"method": "echo"}),
+            json!({"method": "echo", "args": null}),
+        ] {
+            assert_eq!(d.dispatch(JsonMap::new(), &msg(request)).await.unwrap(), json!("no args"));
+        }
+        // Python: `TypeError: echo() got an unexpected keyword argument 'x'` (the first one).
+        let err = d
+            .dispatch(JsonMap::new(), &msg(json!({"method": "echo", "args": {"x": 1, "y": 2}})))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.exc_type.as_str(), err.module.as_str(), err.message.as_str()),
+            ("TypeError", "builtins", "echo() got an unexpected keyword argument 'x'")
+        );
+        assert_eq!(err.args, vec![json!("echo() got an unexpected keyword argument 'x'")]);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::clip::clip;
-use crate::codec::DuplicateFilter;
+use crate::codec::{self, DuplicateFilter};
 use crate::driver::IncomingMessage;
 use crate::error::Result;
 use crate::remote::HandlerError;
@@ -196,12 +196,11 @@ async fn handle(message: Box<dyn IncomingMessage>, dispatcher: &RpcDispatcher, r
         .unwrap_or("None")
         .to_string();
     let heartbeat = start_call_monitor(&*message);
+    // The endpoint sees `client_timeout` in its context, as with oslo's rabbit driver.
+    let context = codec::endpoint_context(message.context(), message.client_timeout_value());
     let outcome = async {
         let span = tracing::debug_span!("rpc.dispatch", method = %clip(&method));
-        dispatcher
-            .dispatch(message.context().clone(), message.message())
-            .instrument(span)
-            .await
+        dispatcher.dispatch(context, message.message()).instrument(span).await
     };
     let outcome = match heartbeat {
         Some(interval) => run_with_heartbeats(&*message, interval, outcome).await,
