@@ -206,6 +206,7 @@ async fn bad_options_are_configuration_errors() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(oslo_broker_zmq), ignore = "OSLO_TEST_ZMQ_URL is not set")]
 async fn redis_records_follow_oslos_key_layout_and_are_removed_on_stop() {
     let url = require_redis!();
     let prefix = format!("{}:", common::unique("zmq-test"));
@@ -229,6 +230,7 @@ async fn redis_records_follow_oslos_key_layout_and_are_removed_on_stop() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(oslo_broker_zmq), ignore = "OSLO_TEST_ZMQ_URL is not set")]
 async fn redis_records_expire_individually() {
     let url = require_redis!();
     let prefix = format!("{}:", common::unique("zmq-test"));

@@ -1,0 +1,6 @@
+//! Broker tests show as ignored, with the reason, when no broker is configured (see
+//! `oslo_testkit::build::broker_cfgs`).
+
+fn main() {
+    oslo_testkit::build::broker_cfgs();
+}
