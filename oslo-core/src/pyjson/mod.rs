@@ -437,9 +437,18 @@ mod tests {
     }
 
     /// An f64 usable as an ordered map key, serializing as the f64.
-    #[derive(PartialEq, PartialOrd)]
     struct KeyF(f64);
+    impl PartialEq for KeyF {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other).is_eq()
+        }
+    }
     impl Eq for KeyF {}
+    impl PartialOrd for KeyF {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
     impl Ord for KeyF {
         fn cmp(&self, other: &Self) -> std::cmp::Ordering {
             self.0.total_cmp(&other.0)
