@@ -167,6 +167,8 @@ pub struct FakeDriver {
     reply_queue: String,
     /// `fake_max_queue_length` and `fake_max_queue_bytes`.
     bounds: Bounds,
+    /// `TransportConfig::max_message_size`: its listeners drop larger messages undecoded.
+    max_message_size: usize,
 }
 
 impl FakeDriver {
@@ -197,6 +199,7 @@ impl FakeDriver {
             control_exchange: config.control_exchange.clone(),
             reply_queue: format!("reply_{}", codec::new_id()),
             bounds,
+            max_message_size: config.max_message_size,
         })
     }
 
@@ -621,7 +624,7 @@ impl Driver for FakeDriver {
             self.bus.queue(&exchange, &topic, self.bounds),
             fanout,
         ];
-        Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
+        Ok(Box::new(FakeListener::new(self.bus.clone(), queues, self.max_message_size)))
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -634,7 +637,7 @@ impl Driver for FakeDriver {
                 queues.push(queue);
             }
         }
-        Ok(Box::new(FakeListener::new(self.bus.clone(), queues)))
+        Ok(Box::new(FakeListener::new(self.bus.clone(), queues, self.max_message_size)))
     }
 
     async fn cleanup(&self) {}
@@ -647,10 +650,12 @@ struct FakeListener {
     queues: Vec<Arc<Queue>>,
     notify: Arc<Notify>,
     stopped: bool,
+    /// `TransportConfig::max_message_size` of the listening transport.
+    max_message_size: usize,
 }
 
 impl FakeListener {
-    fn new(bus: Arc<Bus>, queues: Vec<Arc<Queue>>) -> Self {
+    fn new(bus: Arc<Bus>, queues: Vec<Arc<Queue>>, max_message_size: usize) -> Self {
         let notify = Arc::new(Notify::new());
         for queue in &queues {
             queue.subscribe(&notify);
@@ -660,13 +665,15 @@ impl FakeListener {
             queues,
             notify,
             stopped: false,
+            max_message_size,
         }
     }
 
     fn try_take(&mut self) -> Option<Box<dyn IncomingMessage>> {
         for queue in &self.queues {
             while let Some(body) = queue.pop() {
-                let decoded = match codec::decode_body(&body) {
+                let checked = codec::check_message_size(body.len(), self.max_message_size);
+                let decoded = match checked.and_then(|()| codec::decode_body(&body)) {
                     Ok(map) => codec::decode_request(map),
                     Err(err) => {
                         tracing::warn!(error = %oslo_core::clip::clip(&err.to_string()), "dropping malformed message");

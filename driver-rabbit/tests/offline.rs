@@ -161,8 +161,7 @@ async fn starting_a_server_against_a_dead_broker_is_bounded() {
     let err = oslo_core::RpcServer::builder(transport.clone(), Target::new("offline").with_server("s1"))
         .start()
         .await
-        .err()
-        .expect("no server without a broker");
+        .expect_err("no server without a broker");
     let elapsed = started.elapsed();
     assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "names the broker: {err}");
@@ -178,8 +177,7 @@ async fn starting_a_server_against_a_dead_broker_is_bounded() {
         .endpoint(endpoint)
         .start()
         .await
-        .err()
-        .expect("no listener without a broker");
+        .expect_err("no listener without a broker");
     assert!(matches!(err, Error::MessageDeliveryFailure { retryable: true, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     transport.cleanup().await;

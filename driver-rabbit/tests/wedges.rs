@@ -50,7 +50,7 @@ async fn refused_declarations_do_not_use_up_the_connections_channels() {
         }
     }
     eprintln!("4200 refused casts in {:?}", started.elapsed());
-    let healthy = RpcClient::new(transport.clone(), Target::new(&common::unique("wedge-ok")));
+    let healthy = RpcClient::new(transport.clone(), Target::new(common::unique("wedge-ok")));
     tokio::time::timeout(Duration::from_secs(10), healthy.cast(&ctxt, "m", json!({})))
         .await
         .expect("a healthy cast after the refusals hangs")

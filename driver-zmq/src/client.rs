@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use oslo_core::clip::clip;
 use oslo_core::reply::ReplyWaiters;
 use oslo_core::{Error, Result};
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore, SemaphorePermit};
@@ -269,11 +270,19 @@ pub(crate) struct Connections {
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `zmq_hwm` and `zmq_hwm_bytes`: what may be in flight per connection.
     limits: frames::Limits,
+    /// Replies over this many bytes are dropped before decoding (0 = no limit).
+    max_message_size: usize,
     counters: Arc<FlowCounters>,
 }
 
 impl Connections {
-    pub(crate) fn new(waiters: ReplyWaiters, connect_timeout: Duration, ipc: Option<(String, PathBuf)>, limits: frames::Limits) -> Self {
+    pub(crate) fn new(
+        waiters: ReplyWaiters,
+        connect_timeout: Duration,
+        ipc: Option<(String, PathBuf)>,
+        limits: frames::Limits,
+        max_message_size: usize,
+    ) -> Self {
         Connections {
             live: RwLock::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
@@ -284,6 +293,7 @@ impl Connections {
             readers: Mutex::new(Vec::new()),
             limits,
             counters: Arc::default(),
+            max_message_size,
         }
     }
 
@@ -453,10 +463,11 @@ impl Connections {
             window: window.clone(),
         });
         let waiters = self.waiters.clone();
+        let max_message_size = self.max_message_size;
         let reader = tokio::spawn(async move {
             loop {
                 match receiver.recv().await {
-                    Ok(frames) => match frames::decode_response(frames) {
+                    Ok(frames) => match frames::check_size(&frames, max_message_size).and_then(|()| frames::decode_response(frames)) {
                         Ok(Response::Reply(reply)) => {
                             waiters.deliver(*reply);
                         }
@@ -467,7 +478,7 @@ impl Connections {
                             Some(window) => window.credit(messages, bytes),
                             None => tracing::debug!(%endpoint, messages, "credit on a connection without a window; ignored"),
                         },
-                        Err(err) => tracing::warn!(%endpoint, error = %err, "dropping a malformed reply"),
+                        Err(err) => tracing::warn!(%endpoint, error = %clip(&err.to_string()), "dropping a malformed reply"),
                     },
                     Err(err) => {
                         tracing::debug!(%endpoint, error = %err, "connection lost");

@@ -138,6 +138,9 @@ pub struct ZmqConfig {
     /// not make `zmq_hwm` a lot of memory. A request bigger than this waits until nothing else
     /// is in flight on its connection, then goes alone.
     pub zmq_hwm_bytes: usize,
+    /// Not an option of this group: `TransportConfig::max_message_size`, set by the driver.
+    /// Larger requests and replies are dropped before they are decoded (0 = no limit).
+    pub max_message_size: usize,
     /// Redis connect and command timeout (`socket_timeout`, 10000 ms).
     pub redis_socket_timeout: Duration,
     /// Redis host when the URL names none (`[matchmaker_redis] host`, `127.0.0.1`).
@@ -294,6 +297,7 @@ impl ZmqConfig {
                     ))
                 }
             },
+            max_message_size: oslo_core::DEFAULT_MAX_MESSAGE_SIZE,
             redis_socket_timeout: millis("socket_timeout", 10_000)?,
             redis_host: get("host").unwrap_or_else(|| "127.0.0.1".into()),
             redis_port: u16::try_from(redis_port).map_err(|_| Error::configuration("port", format!("{redis_port} is not a port")))?,

@@ -41,7 +41,8 @@ impl std::fmt::Debug for ZmqDriver {
 impl ZmqDriver {
     /// Build the driver for `url`; nothing connects until the first send or listen.
     pub fn new(url: &TransportUrl, transport: &TransportConfig) -> Result<Self> {
-        let config = ZmqConfig::from_url(url, &transport.driver_options)?;
+        let mut config = ZmqConfig::from_url(url, &transport.driver_options)?;
+        config.max_message_size = transport.max_message_size;
         let matchmaker = matchmaker::for_config(url, &config)?;
         let waiters = ReplyWaiters::new();
         let ipc = config
@@ -51,7 +52,7 @@ impl ZmqDriver {
             messages: config.zmq_hwm,
             bytes: config.zmq_hwm_bytes,
         };
-        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc, limits);
+        let connections = Connections::new(waiters.clone(), config.zmq_connect_timeout, ipc, limits, config.max_message_size);
         Ok(ZmqDriver {
             config,
             control_exchange: transport.control_exchange.clone(),

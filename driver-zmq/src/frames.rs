@@ -263,6 +263,11 @@ pub struct Request {
     pub raw_timeout: Value,
 }
 
+/// Refuse a message whose frames hold more than `limit` bytes (`0`: no limit), before decoding.
+pub fn check_size(frames: &ZmqMessage, limit: usize) -> Result<()> {
+    oslo_core::codec::check_message_size(frames.iter().map(|frame| frame.len()).sum(), limit)
+}
+
 /// Decode what a ROUTER received: `[identity, b"", b"1.0", type, message id, payload]`.
 pub fn decode_request(frames: ZmqMessage) -> Result<Request> {
     let [peer, empty, version, kind_frame, message_id, payload]: [Bytes; 6] = frames

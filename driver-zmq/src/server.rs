@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use oslo_core::clip::clip;
 use oslo_core::codec::{DuplicateFilter, JsonMap};
 use oslo_core::{Error, IncomingMessage, Listener, RemoteError, Result};
 use serde_json::Value;
@@ -316,6 +317,8 @@ pub(crate) struct ZmqListener {
     ipc_file: Option<PathBuf>,
     host: String,
     credits: Arc<Credits>,
+    /// `TransportConfig::max_message_size`: larger requests are dropped before decoding.
+    max_message_size: usize,
     /// Sends the credits (holds a sender: aborted on cleanup so that the socket closes).
     crediting: Option<tokio::task::JoinHandle<()>>,
 }
@@ -359,6 +362,7 @@ impl ZmqListener {
             ipc_file: bound.ipc_file,
             host: bound.host,
             credits,
+            max_message_size: config.max_message_size,
             crediting: Some(crediting),
         })
     }
@@ -398,16 +402,17 @@ impl Listener for ZmqListener {
                 }
             };
             self.credits.taken(&frames);
-            let request = match frames::decode_request(frames) {
+            let decoded = frames::check_size(&frames, self.max_message_size).and_then(|()| frames::decode_request(frames));
+            let request = match decoded {
                 Ok(request) => request,
                 Err(err) => {
-                    tracing::warn!(host = %self.host, error = %err, "dropping a malformed message");
+                    tracing::warn!(host = %self.host, error = %clip(&err.to_string()), "dropping a malformed message");
                     continue;
                 }
             };
             if let Some(unique_id) = &request.unique_id {
                 if !self.duplicates.check_and_add(unique_id) {
-                    tracing::info!(unique_id, "dropping a duplicate message");
+                    tracing::info!(unique_id = %clip(unique_id), "dropping a duplicate message");
                     continue;
                 }
             }
@@ -462,7 +467,7 @@ impl ZmqIncoming {
         let mut sender = self.sender.clone();
         if let Err(err) = sender.send(frames).await {
             // The caller is gone (its connection closed): nothing to do but say so.
-            tracing::info!(message_id = %String::from_utf8_lossy(&self.request.message_id), error = %err, "caller gone; reply dropped");
+            tracing::info!(message_id = %clip(&String::from_utf8_lossy(&self.request.message_id)), error = %err, "caller gone; reply dropped");
         }
         Ok(())
     }

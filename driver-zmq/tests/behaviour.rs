@@ -277,3 +277,55 @@ async fn an_unreachable_redis_is_a_typed_error_not_a_hang() {
         .expect_err("cannot register");
     assert!(matches!(err, Error::MessageDeliveryFailure { .. }), "{err}");
 }
+
+/// `TransportConfig::max_message_size`: a request over the server's limit is dropped before
+/// it is decoded (the call times out), one under it is answered; a reply over the client's
+/// limit is dropped too.
+#[tokio::test]
+async fn messages_over_max_message_size_are_dropped_undecoded() {
+    let url = dummy_url("max-size", &[]);
+    let limited = |limit: usize| {
+        let parsed = TransportUrl::parse(&url).unwrap();
+        let config = oslo_core::TransportConfig {
+            max_message_size: limit,
+            ..oslo_core::TransportConfig::default()
+        };
+        let driver = std::sync::Arc::new(driver_zmq::ZmqDriver::new(&parsed, &config).unwrap());
+        oslo_core::Transport::from_driver(driver, parsed, config)
+    };
+    let topic = common::unique("sized");
+    let server_transport = limited(4096);
+    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s1"))
+        .endpoint(common::endpoint("s1"))
+        .start()
+        .await
+        .unwrap();
+    let client_transport = limited(16 * 1024);
+    let client = RpcClient::new(client_transport.clone(), Target::new(&topic)).timeout(Duration::from_secs(2));
+    let small = json!({"value": "x".repeat(100)});
+    assert_eq!(client.call(&ctxt(), "echo", small.clone()).await.unwrap(), small["value"]);
+    let err = client.call(&ctxt(), "echo", json!({"value": "x".repeat(8192)})).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MessagingTimeout { .. }),
+        "a request over the server's limit: {err}"
+    );
+    server.shutdown().await;
+    // A server with a larger limit, whose reply is over the client's.
+    let server_transport = limited(0);
+    let big_client = limited(2048);
+    let server = RpcServer::builder(server_transport.clone(), Target::new(&topic).with_server("s2"))
+        .endpoint(common::endpoint("s2"))
+        .start()
+        .await
+        .unwrap();
+    let client = RpcClient::new(big_client.clone(), Target::new(&topic)).timeout(Duration::from_secs(2));
+    let err = client.call(&ctxt(), "echo", json!({"value": "y".repeat(3000)})).await.unwrap_err();
+    assert!(
+        matches!(err, Error::MessagingTimeout { .. }),
+        "a reply over the client's limit: {err}"
+    );
+    server.shutdown().await;
+    for transport in [server_transport, client_transport, big_client] {
+        transport.cleanup().await;
+    }
+}
