@@ -150,6 +150,21 @@ impl RabbitDriver {
             .unwrap_or_else(|| self.inner.control_exchange.clone())
     }
 
+    /// Declare and consume `topology` (bounded by `start_timeout`), for a listener of `kind`.
+    async fn start_listener(&self, topology: Topology, kind: Kind, purpose: &'static str) -> Result<Box<dyn Listener>> {
+        let (feeds, feed) = RabbitListener::feed_channel();
+        let subscription = Subscription::start(
+            self.inner.connector.clone(),
+            topology,
+            Consumers::Feed(feeds),
+            self.start_deadline(),
+            Retry::Forever,
+            purpose,
+        )
+        .await?;
+        Ok(Box::new(RabbitListener::new(kind, feed, subscription, self.inner.max_message_size)))
+    }
+
     /// When a listener's start gives up waiting for the broker.
     fn start_deadline(&self) -> Option<Instant> {
         self.inner.start_timeout.map(|t| Instant::now() + t)
@@ -389,20 +404,10 @@ impl Driver for RabbitDriver {
         let exchange = self.exchange_for(target);
         let fanout_queue = topology::new_fanout_queue_name(topic);
         let topology = topology::rpc_server(&self.inner.config, &exchange, topic, server, &fanout_queue);
-        let (feeds, feed) = RabbitListener::feed_channel();
-        let subscription = Subscription::start(
-            self.inner.connector.clone(),
-            topology,
-            Consumers::Feed(feeds),
-            self.start_deadline(),
-            Retry::Forever,
-            "rpc listener",
-        )
-        .await?;
         let kind = Kind::Rpc {
             replier: self.inner.replier.clone(),
         };
-        Ok(Box::new(RabbitListener::new(kind, feed, subscription, self.inner.max_message_size)))
+        self.start_listener(topology, kind, "rpc listener").await
     }
 
     async fn listen_for_notifications(&self, targets_and_priorities: &[(Target, String)], pool: Option<&str>) -> Result<Box<dyn Listener>> {
@@ -419,22 +424,7 @@ impl Driver for RabbitDriver {
             });
         }
         let topology = topology::notification_listener(&self.inner.config, &bindings, pool.filter(|p| !p.is_empty()));
-        let (feeds, feed) = RabbitListener::feed_channel();
-        let subscription = Subscription::start(
-            self.inner.connector.clone(),
-            topology,
-            Consumers::Feed(feeds),
-            self.start_deadline(),
-            Retry::Forever,
-            "notification listener",
-        )
-        .await?;
-        Ok(Box::new(RabbitListener::new(
-            Kind::notification(),
-            feed,
-            subscription,
-            self.inner.max_message_size,
-        )))
+        self.start_listener(topology, Kind::notification(), "notification listener").await
     }
 
     async fn cleanup(&self) {
